@@ -1,0 +1,11 @@
+"""Mixtral: softmax → top-k, always renormalised."""
+
+from mechmoe.adapters.spec import AdapterSpec, MoESpec, NormSpec
+
+SPEC = AdapterSpec(
+    name="mixtral",
+    architectures=("MixtralForCausalLM",),
+    description="Mixtral: 8 experts, top-2 renormalised, RMSNorm",
+    norm=NormSpec(kind="rmsnorm", eps=("rms_norm_eps",)),
+    moe=MoESpec(renormalize=True),
+)

