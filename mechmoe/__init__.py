@@ -37,4 +37,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mechmoe' has no attribute {name!r}")
 
 
-__all__ = ["AdapterSpec", "Model", "__version__", "check_model", "get_adapter", "load", "register_adapter"]
+__all__ = [
+    "AdapterSpec",
+    "Model",
+    "__version__",
+    "check_model",
+    "get_adapter",
+    "load",
+    "register_adapter",
+]

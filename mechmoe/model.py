@@ -284,11 +284,17 @@ class Model:
 
     def _norm(self, module: Any) -> NormParams:
         ns = self.spec.norm
-        eps = ns.eps if isinstance(ns.eps, float) else float(config_value(self.hf.config, ns.eps, what="norm eps"))
+        eps = (
+            ns.eps
+            if isinstance(ns.eps, float)
+            else float(config_value(self.hf.config, ns.eps, what="norm eps"))
+        )
         weight = getattr(module, "weight", None) if ns.weight else None
         bias = getattr(module, "bias", None) if ns.bias else None
         if ns.weight and weight is None:
-            raise SpecMismatchError(f"the spec says the norm {type(module).__name__} has a weight, but it has none")
+            raise SpecMismatchError(
+                f"the spec says the norm {type(module).__name__} has a weight, but it has none"
+            )
         return NormParams(kind=ns.kind, weight=weight, bias=bias, eps=eps)
 
     @property
@@ -344,7 +350,9 @@ class Model:
             act=self.module(layer, d.act),
         )
 
-    def shared_weights(self, layer: int) -> tuple[FFNWeights, Float[Tensor, "one d_model"] | None] | None:
+    def shared_weights(
+        self, layer: int
+    ) -> tuple[FFNWeights, Float[Tensor, "one d_model"] | None] | None:
         """A shared expert's weights and its gate's weight (``None`` if the layer has none)."""
         moe = self.spec.moe
         if moe is None or moe.shared is None or self.layer_kind(layer) != "moe":
@@ -387,7 +395,9 @@ class Model:
         from mechmoe.backends.base import Batch
         from mechmoe.backends.nnsight import run_capture
 
-        batch = prompts if isinstance(prompts, Batch) else self.tokenize(prompts, positions=positions)
+        batch = (
+            prompts if isinstance(prompts, Batch) else self.tokenize(prompts, positions=positions)
+        )
         return run_capture(self, batch, interventions=interventions)
 
     @torch.no_grad()
@@ -403,9 +413,7 @@ class Model:
 
     def __repr__(self) -> str:
         d = self.dims
-        moe = (
-            f", experts={max(d.n_experts)}, top_k={max(d.top_k)}" if d.is_moe else ""
-        )
+        moe = f", experts={max(d.n_experts)}, top_k={max(d.top_k)}" if d.is_moe else ""
         rev = f"@{self.revision}" if self.revision else ""
         return (
             f"Model({self.name}{rev}, adapter={self.spec.name}, layers={d.n_layers}, "
@@ -449,12 +457,19 @@ def _device(device: str | torch.device | None) -> torch.device:
     except RuntimeError as exc:
         raise InvalidInputError(f"unknown device {device!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+        raise InvalidInputError(
+            f"device {device!r} requested but CUDA is not available; use device='cpu'"
+        )
     return dev
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.endswith(".gguf") or os.sep in name.strip("/").split("/", 1)[-1] or name.count("/") > 1
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith(".gguf")
+        or os.sep in name.strip("/").split("/", 1)[-1]
+        or name.count("/") > 1
+    )
 
 
 def load(
@@ -500,7 +515,9 @@ def load(
 
         family = name.split(":", 1)[1]
         if family not in TINY_FAMILIES:
-            raise InvalidInputError(f"no tiny model {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+            raise InvalidInputError(
+                f"no tiny model {family!r}; choose one of {', '.join(TINY_FAMILIES)}"
+            )
         model = tiny_model(family)
         model.hf.to(device=dev, dtype=torch_dtype)
         return model
@@ -528,7 +545,9 @@ def load(
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{name!r} is not a model folder (no config.json in it)")
         if revision:
-            raise InvalidInputError(f"revision={revision!r} applies to hub names; {name!r} is a local folder")
+            raise InvalidInputError(
+                f"revision={revision!r} applies to hub names; {name!r} is a local folder"
+            )
         source = str(path)
     elif _looks_like_path(name):
         raise ModelNotFoundError(f"no such file or folder: {name!r}")
@@ -540,7 +559,9 @@ def load(
     spec = get_adapter(_architecture_from_config(config))
     if spec.moe is not None:
         kwargs["experts_implementation"] = experts_implementation
-    hf = _hf_call(AutoModelForCausalLM.from_pretrained, source, name, {**kwargs, "dtype": torch_dtype})
+    hf = _hf_call(
+        AutoModelForCausalLM.from_pretrained, source, name, {**kwargs, "dtype": torch_dtype}
+    )
     hf.to(dev)
     if tokenizer is None:
         tok_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
@@ -555,7 +576,11 @@ def _architecture_from_config(config: Any) -> str:
         return str(archs[0])
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    return str(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", ""), type(config).__name__))
+    return str(
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(
+            getattr(config, "model_type", ""), type(config).__name__
+        )
+    )
 
 
 def _hf_call(fn: Callable[..., Any], source: str, name: str, kwargs: dict[str, Any]) -> Any:
@@ -575,7 +600,9 @@ def _hf_call(fn: Callable[..., Any], source: str, name: str, kwargs: dict[str, A
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"model {name!r} not found on the hub or on disk") from None
     except GatedRepoError:
-        raise ModelNotFoundError(f"model {name!r} is gated: log in with `hf auth login` first") from None
+        raise ModelNotFoundError(
+            f"model {name!r} is gated: log in with `hf auth login` first"
+        ) from None
     except (LocalEntryNotFoundError, OSError) as exc:
         text = str(exc)
         if "connect" in text.lower() or isinstance(exc, LocalEntryNotFoundError):

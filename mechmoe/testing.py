@@ -116,7 +116,12 @@ def _config(family: str, vocab: int) -> Any:
         )
     if family == "qwen3_moe":
         return tf.Qwen3MoeConfig(
-            **common, **moe, num_experts=6, moe_intermediate_size=24, norm_topk_prob=True, head_dim=16
+            **common,
+            **moe,
+            num_experts=6,
+            moe_intermediate_size=24,
+            norm_topk_prob=True,
+            head_dim=16,
         )
     if family == "olmo":
         return tf.OlmoConfig(**common)
@@ -185,9 +190,7 @@ def save_tiny(family: str, path: str | Path, *, seed: int = 0) -> Path:
     return path
 
 
-def make_hub_cache(
-    cache_dir: str | Path, repo_id: str, revisions: dict[str, Path | str]
-) -> Path:
+def make_hub_cache(cache_dir: str | Path, repo_id: str, revisions: dict[str, Path | str]) -> Path:
     """Lay out ``revisions`` (branch name → model folder) as an HF hub cache.
 
     With ``HF_HUB_CACHE=cache_dir`` and ``HF_HUB_OFFLINE=1``, ``from_pretrained(repo_id,

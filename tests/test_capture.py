@@ -112,7 +112,9 @@ def test_bad_prompts(prompts, kwargs, match):
 
 def test_prompt_longer_than_context_is_named():
     model = tiny_model("llama")
-    with pytest.raises(InvalidInputError, match=r"prompt 1 .* more than the model's context of 128"):
+    with pytest.raises(
+        InvalidInputError, match=r"prompt 1 .* more than the model's context of 128"
+    ):
         model.capture(["short", "The capital of France is Paris. " * 40])
 
 

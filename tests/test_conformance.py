@@ -38,7 +38,9 @@ def test_forgetting_the_shared_expert_fails_experts():
     hf = tiny_hf_model("qwen2_moe")
     spec = Model.from_hf(hf, tiny_tokenizer()).spec
     assert spec.moe is not None
-    wrong = dataclasses.replace(spec, moe=dataclasses.replace(spec.moe, shared=None, shared_gate=None))
+    wrong = dataclasses.replace(
+        spec, moe=dataclasses.replace(spec.moe, shared=None, shared_gate=None)
+    )
     report = check_model(Model.from_hf(hf, tiny_tokenizer(), spec=wrong))
     assert not report["experts"].passed
     assert report["heads"].passed and report["residual"].passed

@@ -36,8 +36,12 @@ def test_hub_revisions_resolve_offline(tmp_path, monkeypatch):
     main = mechmoe.load("allenai/tiny-olmoe")
     step = mechmoe.load("allenai/tiny-olmoe", revision="step1000-tokens4B")
     assert step.revision == "step1000-tokens4B"
-    torch.testing.assert_close(_logits(main), _logits(tiny_model("olmoe", seed=1)), atol=1e-6, rtol=0)
-    torch.testing.assert_close(_logits(step), _logits(tiny_model("olmoe", seed=2)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        _logits(main), _logits(tiny_model("olmoe", seed=1)), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        _logits(step), _logits(tiny_model("olmoe", seed=2)), atol=1e-6, rtol=0
+    )
     with pytest.raises(ModelNotFoundError, match="step9-tokens0B.*main, step1000-tokens4B"):
         mechmoe.load("allenai/tiny-olmoe", revision="step9-tokens0B")
     with pytest.raises(ModelNotFoundError, match="nobody/nothing"):
@@ -66,7 +70,9 @@ def test_unsupported_architecture_fails_before_weights(tmp_path):
     cfg["architectures"] = ["MambaForCausalLM"]
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "model.safetensors").unlink()  # would fail loudly if weights were read
-    with pytest.raises(UnsupportedArchitectureError, match="MambaForCausalLM.*supported: .*LlamaForCausalLM"):
+    with pytest.raises(
+        UnsupportedArchitectureError, match="MambaForCausalLM.*supported: .*LlamaForCausalLM"
+    ):
         mechmoe.load(folder)
 
 

@@ -95,7 +95,9 @@ class Capture:
     def n_layers(self) -> int:
         return len(self.layers)
 
-    def to_xarray(self, *, include: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "ffn_out")) -> xr.Dataset:
+    def to_xarray(
+        self, *, include: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "ffn_out")
+    ) -> xr.Dataset:
         """Residual-stream quantities as a labeled ``xarray.Dataset``.
 
         Variables in ``include`` get dims ``(prompt, position, layer, d_model)``;

@@ -61,7 +61,9 @@ class _Sites:
 
 
 @torch.no_grad()
-def run_capture(model: Model, batch: Batch, *, interventions: Edit | Sequence[Edit] | None = None) -> Capture:
+def run_capture(
+    model: Model, batch: Batch, *, interventions: Edit | Sequence[Edit] | None = None
+) -> Capture:
     """One forward pass over ``batch`` with ``interventions`` applied; see :class:`Capture`."""
     edits = as_edits(interventions)
     for e in edits:

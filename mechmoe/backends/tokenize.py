@@ -72,12 +72,16 @@ def _positions(positions: Any, lengths: list[int], seq: int) -> tuple[torch.Tens
     n = len(lengths)
     if isinstance(positions, str):
         if positions == "last":
-            return torch.full((n, 1), seq - 1, dtype=torch.long), torch.ones((n, 1), dtype=torch.bool)
+            return torch.full((n, 1), seq - 1, dtype=torch.long), torch.ones(
+                (n, 1), dtype=torch.bool
+            )
         if positions == "all":
             pos = torch.arange(seq).expand(n, seq).clone()
             valid = torch.stack([torch.arange(seq) >= seq - length for length in lengths])
             return pos, valid
-        raise InvalidInputError(f"positions={positions!r}: use 'last', 'all' or a list of token indices")
+        raise InvalidInputError(
+            f"positions={positions!r}: use 'last', 'all' or a list of token indices"
+        )
     try:
         idx = [int(p) for p in positions]
     except (TypeError, ValueError):

@@ -25,7 +25,9 @@ ModelArg = Annotated[
 ]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 (exact checks), bfloat16 or float16.")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="float32 (exact checks), bfloat16 or float16.")
+]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -18,7 +18,9 @@ from mechmoe.cli._common import (
     run_user_errors,
 )
 
-app = typer.Typer(help="Model-family adapters: list them, check them on a model.", no_args_is_help=True)
+app = typer.Typer(
+    help="Model-family adapters: list them, check them on a model.", no_args_is_help=True
+)
 
 
 @app.command("list")

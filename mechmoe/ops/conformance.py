@@ -141,9 +141,13 @@ def check_model(
             heads = heads + b_o.double()
         worst["heads"].add(heads, lc.attn_raw, valid, f"layer {li}")
         worst["experts"].add(_expert_sum(model, li, cap), lc.ffn_raw, valid, f"layer {li}")
-        worst["residual"].add(lc.resid_pre.double() + lc.attn_out.double(), lc.resid_mid, valid, f"layer {li} (attn)")
+        worst["residual"].add(
+            lc.resid_pre.double() + lc.attn_out.double(), lc.resid_mid, valid, f"layer {li} (attn)"
+        )
         nxt = cap.layers[li + 1].resid_pre if li + 1 < n else cap.final_resid
-        worst["residual"].add(lc.resid_mid.double() + lc.ffn_out.double(), nxt, valid, f"layer {li} (ffn)")
+        worst["residual"].add(
+            lc.resid_mid.double() + lc.ffn_out.double(), nxt, valid, f"layer {li} (ffn)"
+        )
 
     z = apply_norm(model.final_norm, cap.final_resid).double() @ model.W_U.double().T
     if model.b_U is not None:

@@ -5,8 +5,14 @@ import dataclasses
 import pytest
 
 import mechmoe
-from mechmoe.adapters import AdapterSpec, DenseMLPSpec, NormSpec, get_adapter, supported_architectures
-from mechmoe.adapters import registry
+from mechmoe.adapters import (
+    AdapterSpec,
+    DenseMLPSpec,
+    NormSpec,
+    get_adapter,
+    registry,
+    supported_architectures,
+)
 from mechmoe.errors import SpecMismatchError, UnsupportedArchitectureError
 from mechmoe.testing import tiny_hf_model, tiny_tokenizer
 
@@ -65,9 +71,7 @@ def test_register_rejects_duplicates_and_allows_replace():
 
 
 def test_entry_point_adapters_are_registered(monkeypatch):
-    spec = AdapterSpec(
-        name="plugin", architectures=("PluginForCausalLM",), dense=DenseMLPSpec()
-    )
+    spec = AdapterSpec(name="plugin", architectures=("PluginForCausalLM",), dense=DenseMLPSpec())
 
     class EP:
         name = "plugin"
@@ -76,7 +80,9 @@ def test_entry_point_adapters_are_registered(monkeypatch):
             return spec
 
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "entry_points", lambda group: [EP()] if group == "mechmoe.adapters" else [])
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: [EP()] if group == "mechmoe.adapters" else []
+    )
     try:
         assert get_adapter("PluginForCausalLM") is spec
     finally:

@@ -13,7 +13,12 @@ runner = CliRunner()
 def test_list_shows_every_family():
     result = runner.invoke(app, ["adapters", "list"])
     assert result.exit_code == 0, result.output
-    for name in ("OlmoeForCausalLM", "MixtralForCausalLM", "Qwen2MoeForCausalLM", "GPT2LMHeadModel"):
+    for name in (
+        "OlmoeForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen2MoeForCausalLM",
+        "GPT2LMHeadModel",
+    ):
         assert name in result.output
 
 
