@@ -22,16 +22,27 @@ if TYPE_CHECKING:
 
 
 def as_edits(interventions: Edit | Sequence[Edit] | None) -> list[Edit]:
-    """Normalise ``None`` / one edit / a sequence (or a composed plan) to a flat list."""
+    """Normalise ``None`` / one edit / a plan / a list to the flat list a pass runs.
+
+    mechmoe's own interventions in a list are composed into one plan first, so a list
+    means the same as ``a + b + …`` (routing values at one layer merge into one routing
+    decision, and the combination is validated as a whole). Third-party edits run after
+    them, in list order.
+    """
     if interventions is None:
         return []
     if hasattr(interventions, "edits"):
         return list(interventions.edits)  # a composed plan
     if isinstance(interventions, Edit):
         return [interventions]
-    out: list[Edit] = []
-    for item in interventions:
-        out.extend(as_edits(item))
+    from mechmoe.ops.interventions import Intervention, Plan, compose
+
+    items = list(interventions)
+    ours = [x for x in items if isinstance(x, (Intervention, Plan))]
+    out: list[Edit] = as_edits(compose(*ours)) if ours else []
+    for item in items:
+        if not isinstance(item, (Intervention, Plan)):
+            out.extend(as_edits(item))
     return out
 
 

@@ -1,0 +1,248 @@
+"""``mechmoe attribute``: Gated-LPI scores for a prompt file or a probe, as a table and a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mechmoe.cli._common import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelArg,
+    RevisionOpt,
+    console,
+    err_console,
+    load_model,
+    run_user_errors,
+)
+
+CLI_LEVELS = ("neuron", "expert", "head", "attn", "ffn", "layer")
+
+
+def read_prompts(path: Path, *, template: int = 0) -> tuple[list[str], list[str] | None]:
+    """Prompts (and gold objects where the file has them) from ``path``.
+
+    A ``.json`` file is an LRE relation (prompts and objects); any other file has one
+    prompt a line, optionally ``prompt<TAB>object``. Blank lines at the end are
+    ignored; a blank line inside the file is an error naming the line.
+    """
+    from mechmoe.errors import InvalidInputError
+
+    if not path.exists() or path.is_dir():
+        raise InvalidInputError(f"prompt file {str(path)!r} does not exist or is a folder")
+    if path.suffix == ".json":
+        from mechmoe.probes import load_probe
+
+        probe = load_probe(path, template=template)
+        return list(probe.prompts), list(probe.objects)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"prompt file {str(path)!r} is not UTF-8 text") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise InvalidInputError(f"prompt file {str(path)!r} has no prompts")
+    prompts, objects = [], []
+    for i, line in enumerate(lines, start=1):
+        prompt, _, obj = line.partition("\t")
+        if not prompt.strip():
+            raise InvalidInputError(f"line {i} of {str(path)!r} is an empty prompt")
+        prompts.append(prompt)
+        objects.append(obj.strip())
+    if all(objects):
+        return prompts, objects
+    return prompts, None
+
+
+def _parse_bytes(text: str) -> int:
+    from mechmoe.errors import InvalidInputError
+
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    s = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise InvalidInputError(
+            f"--memory-budget {text!r}: use bytes or e.g. 512MiB, 4GiB"
+        ) from None
+
+
+def _table(ds: Any, items: list[Any], title: str) -> Any:
+    from rich.table import Table
+
+    level = ds.attrs["level"]
+    n = int(ds.attrs["n_prompts"])
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column(level)
+    table.add_column("LPI (mean)", justify="right")
+    if level in ("neuron", "expert"):
+        table.add_column("chosen", justify="right")
+    if level == "neuron":
+        table.add_column("promotes")
+    for it in items:
+        row = [str(it.rank), it.label, f"{it.score:+.4f}"]
+        if level in ("neuron", "expert"):
+            row.append("" if it.n_chosen is None else f"{it.n_chosen}/{n}")
+        if level == "neuron":
+            row.append(" ".join(repr(t) for t in it.tokens))
+        table.add_row(*row)
+    return table
+
+
+@run_user_errors
+def attribute(
+    model: ModelArg,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            "-p",
+            help="Prompt file: one prompt a line (optionally prompt<TAB>object) or an LRE relation .json.",
+        ),
+    ] = None,
+    probe: Annotated[
+        str | None,
+        typer.Option("--probe", help="Bundled probe name(s), comma-separated, or 'all'."),
+    ] = None,
+    level: Annotated[
+        str,
+        typer.Option(
+            "--level", "-l", help="neuron, expert, head, attn, ffn, or layer (attn and ffn)."
+        ),
+    ] = "neuron",
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", help="top1 (the model's prediction) or gold (the object's first token)."
+        ),
+    ] = "top1",
+    precision: Annotated[
+        str, typer.Option("--precision", help="exact, or bounded (certified error).")
+    ] = "exact",
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Error bound per score in bounded mode.")
+    ] = 1e-4,
+    top: Annotated[int, typer.Option("--top", "-n", help="Rows of the printed table.", min=1)] = 20,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the result to a .zarr folder or .nc file."),
+    ] = None,
+    per_prompt: Annotated[
+        bool, typer.Option("--per-prompt", help="Also store per-prompt scores.")
+    ] = False,
+    reference_compat: Annotated[
+        bool,
+        typer.Option(
+            "--reference-compat", help="The published code's final norm (RMS form, eps 1e-6)."
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Prompts per forward pass.", min=1)
+    ] = 16,
+    memory_budget: Annotated[
+        str, typer.Option("--memory-budget", help="Budget for the engine's temporaries, e.g. 4GiB.")
+    ] = "4GiB",
+    template: Annotated[
+        int, typer.Option("--template", "-t", help="LRE prompt template index.")
+    ] = 0,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use only the first N prompts.", min=1)
+    ] = None,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Score neurons, experts, heads or layers by (Gated-)LPI and print the top ones."""
+    from mechmoe.errors import InvalidInputError
+
+    if level not in CLI_LEVELS:
+        raise InvalidInputError(f"--level {level!r}: use one of {', '.join(CLI_LEVELS)}")
+    if target not in ("top1", "gold"):
+        raise InvalidInputError(f"--target {target!r}: use top1 or gold")
+    if precision not in ("exact", "bounded"):
+        raise InvalidInputError(f"--precision {precision!r}: use exact or bounded")
+    if (prompts is None) == (probe is None):
+        raise InvalidInputError("give exactly one of --prompts FILE or --probe NAME")
+    budget = _parse_bytes(memory_budget)
+    if out is not None:
+        from mechmoe.ops.results import check_output_path
+
+        check_output_path(out)
+    if prompts is not None:
+        texts, objects = read_prompts(prompts, template=template)
+    else:
+        from mechmoe.probes import load_probe
+
+        assert probe is not None
+        ps = load_probe(probe, template=template)
+        texts, objects = list(ps.prompts), list(ps.objects)
+    if limit is not None:
+        texts = texts[:limit]
+        objects = None if objects is None else objects[:limit]
+    if target == "gold" and objects is None:
+        raise InvalidInputError(
+            "--target gold needs gold objects: use an LRE .json, --probe, or prompt<TAB>object lines"
+        )
+
+    handle = load_model(model, revision=revision, device=device, dtype=dtype)
+    targets = None
+    if target == "gold":
+        from mechmoe.probes import first_token_ids
+
+        assert objects is not None
+        targets = first_token_ids(handle.tokenizer, objects, texts)
+
+    from mechmoe.ops.attribution import attribute as run
+    from mechmoe.ops.results import save_result, top_items
+
+    levels = ("attn", "ffn") if level == "layer" else (level,)
+    results = []
+    for lv in levels:
+        results.append(
+            run(
+                handle,
+                texts,
+                level=lv,
+                target=target,
+                targets=targets,  # type: ignore[arg-type]
+                precision=precision,
+                tolerance=tolerance,
+                memory_budget=budget,  # type: ignore[arg-type]
+                reference_compat=reference_compat,
+                per_prompt=per_prompt,
+                batch_size=batch_size,
+                progress=True,
+            )
+        )
+    for ds in results:
+        items = top_items(ds, top, model=handle)
+        bound = f", bound {ds.attrs['bound']:.2g}" if precision == "bounded" else ""
+        title = (
+            f"top {len(items)} {ds.attrs['level']} scores — {handle.name}, {len(texts)} prompts, "
+            f"target {target}, {precision}{bound}"
+        )
+        console.print(_table(ds, items, title))
+    if out is not None:
+        if len(results) == 1:
+            merged = results[0]
+        else:
+            import xarray as xr
+
+            # One file for both sub-layers: scores stacked along a "sublayer" dim.
+            merged = results[0].copy()
+            for name in ("score", "score_per_prompt"):
+                if name in merged:
+                    merged[name] = xr.concat([r[name] for r in results], dim="sublayer")
+            merged = merged.assign_coords(sublayer=list(levels))
+            merged.attrs["level"] = "layer"
+        save_result(merged, out)
+        err_console.print(f"wrote {out}", highlight=False)
+
+
+__all__ = ["attribute", "read_prompts"]

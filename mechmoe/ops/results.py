@@ -1,0 +1,261 @@
+"""Attribution results: top-n listings with labels and decoded tokens, and saving.
+
+Examples
+--------
+>>> from mechmoe.testing import tiny_model
+>>> from mechmoe.ops.attribution import attribute
+>>> from mechmoe.ops.results import top_items
+>>> model = tiny_model("mixtral")
+>>> ds = attribute(model, ["The capital of France is"], level="neuron")
+>>> items = top_items(ds, 3, model=model)
+>>> [it.rank for it in items]
+[1, 2, 3]
+>>> items[0].label.startswith("L")
+True
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mechmoe.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from mechmoe.model import Model
+
+#: File suffixes :func:`save_result` writes.
+SUFFIXES = (".zarr", ".nc")
+
+
+@dataclass(frozen=True)
+class TopItem:
+    """One ranked item of an attribution result.
+
+    ``expert`` is ``"shared"`` for a Qwen2-MoE shared expert; fields that do not apply
+    to the level are ``None``. ``tokens`` are the tokens the item's value vector
+    promotes most (neurons only), decoded.
+    """
+
+    rank: int
+    label: str
+    score: float
+    layer: int | None
+    expert: int | str | None = None
+    neuron: int | None = None
+    head: int | None = None
+    n_chosen: int | None = None
+    tokens: tuple[str, ...] = ()
+
+
+def _label(level: str, layer: int, expert: Any, neuron: Any, head: Any, *, dense: bool) -> str:
+    if level == "neuron":
+        return f"L{layer} N{neuron}" if dense else f"L{layer} E{expert} N{neuron}"
+    if level == "expert":
+        return f"L{layer} E{expert}"
+    if level == "head":
+        return f"L{layer} H{head}"
+    return f"L{layer} {level}"
+
+
+def _candidates(ds: xr.Dataset) -> list[tuple[float, dict[str, Any]]]:
+    level = ds.attrs.get("level", "")
+    out: list[tuple[float, dict[str, Any]]] = []
+    score = ds["score"]
+    values = score.values
+    for flat in np.flatnonzero(np.isfinite(values)):
+        pos = np.unravel_index(flat, values.shape)
+        item = {dim: int(ds[dim].values[i]) for dim, i in zip(score.dims, pos, strict=True)}
+        out.append((float(values[pos]), item))
+    if "shared_score" in ds:
+        sh = ds["shared_score"]
+        sv = sh.values
+        for flat in np.flatnonzero(np.isfinite(sv)):
+            pos = np.unravel_index(flat, sv.shape)
+            item = {"layer": int(ds["layer"].values[pos[0]]), "expert": "shared"}
+            if level == "neuron":
+                item["neuron"] = int(pos[1])
+            out.append((float(sv[pos]), item))
+    return out
+
+
+def top_items(
+    ds: xr.Dataset,
+    n: int = 10,
+    *,
+    model: Model | None = None,
+    n_tokens: int = 5,
+    ascending: bool = False,
+) -> list[TopItem]:
+    """The ``n`` highest-scoring items of an :func:`~mechmoe.ops.attribution.attribute` result.
+
+    Items are ranked by ``score`` (the mean over prompts), highest first, or lowest
+    first with ``ascending=True``; shared-expert scores compete with routed ones. With
+    ``model`` given, neuron items carry the ``n_tokens`` tokens their value vector
+    ``W_U(γ ⊙ W_down[:, k])`` promotes most, signed by the neuron's mean gated activation
+    (``gated_act``), i.e. the tokens the neuron actually pushed up.
+    """
+    if "score" not in ds:
+        raise InvalidInputError(
+            "this dataset has no 'score' variable; is it an attribution result?"
+        )
+    if n < 1:
+        raise InvalidInputError(f"n={n}: ask for at least one item")
+    level = ds.attrs.get("level", "")
+    cands = _candidates(ds)
+    cands.sort(key=lambda t: t[0], reverse=not ascending)
+    kinds = ds["layer_kind"].values if "layer_kind" in ds.coords else None
+    out = []
+    for rank, (value, item) in enumerate(cands[:n], start=1):
+        layer = item.get("layer")
+        expert = item.get("expert")
+        dense = kinds is not None and layer is not None and kinds[layer] == "dense"
+        n_chosen = None
+        if "n_chosen" in ds and isinstance(expert, int):
+            n_chosen = int(ds["n_chosen"].values[layer, expert])
+        elif expert == "shared":
+            n_chosen = int(ds.attrs.get("n_prompts", 0)) or None
+        tokens: tuple[str, ...] = ()
+        if model is not None and level == "neuron" and layer is not None:
+            sign = _sign(ds, layer, expert, item["neuron"])
+            tokens = tuple(
+                promoted_tokens(model, layer, expert, item["neuron"], k=n_tokens, sign=sign)  # type: ignore[arg-type]
+            )
+        label = _label(level, layer, expert, item.get("neuron"), item.get("head"), dense=dense)  # type: ignore[arg-type]
+        if expert == "shared":
+            label = f"L{layer} shared" + (f" N{item['neuron']}" if "neuron" in item else "")
+        out.append(
+            TopItem(
+                rank=rank,
+                label=label,
+                score=value,
+                layer=layer,
+                expert=expert,
+                neuron=item.get("neuron"),
+                head=item.get("head"),
+                n_chosen=n_chosen,
+                tokens=tokens,
+            )
+        )
+    return out
+
+
+def _sign(ds: xr.Dataset, layer: int, expert: Any, neuron: int) -> float:
+    """Sign of the neuron's mean gated activation (SwiGLU activations can be negative)."""
+    if expert == "shared":
+        var = ds.get("shared_gated_act")
+        value = None if var is None else var.values[layer, neuron]
+    else:
+        var = ds.get("gated_act")
+        value = None if var is None else var.values[layer, expert, neuron]
+    return -1.0 if value is not None and value < 0 else 1.0
+
+
+def promoted_tokens(
+    model: Model, layer: int, expert: int | str, neuron: int, *, k: int = 5, sign: float = 1.0
+) -> list[str]:
+    """Decoded top-``k`` tokens of a neuron's value vector read through the final norm's γ.
+
+    ``sign=-1`` reads the vector as the neuron adds it when its activation is negative
+    (top tokens of ``−W_U(γ ⊙ W_down[:, k])``). ``expert="shared"`` reads the layer's
+    shared expert (Qwen2-MoE).
+    """
+    import torch
+
+    from mechmoe.ops.attribution import _shape
+
+    if expert == "shared":
+        shared = model.shared_weights(layer)
+        if shared is None:
+            raise InvalidInputError(f"layer {layer} has no shared expert")
+        w_down = shared[0].w_down[0]
+    else:
+        w_down = model.ffn_weights(layer).w_down[int(expert)]
+    with torch.no_grad():
+        col = _shape(model.final_norm, w_down[:, neuron].detach())
+        logits = sign * (model.W_U.detach().float() @ col)
+        ids = logits.topk(min(k, logits.shape[0])).indices.tolist()
+    return [model.tokenizer.decode([i]) for i in ids]
+
+
+# ---- saving -------------------------------------------------------------------------------
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Validate an output path before any work is done (suffix, folder exists)."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise InvalidInputError(f"output {str(path)!r} must end in .zarr or .nc")
+    if not path.parent.exists():
+        raise InvalidInputError(
+            f"folder {str(path.parent)!r} of output {str(path)!r} does not exist"
+        )
+    return path
+
+
+def _storable(ds: xr.Dataset) -> xr.Dataset:
+    """Object-dtype string variables as fixed unicode, which both netCDF and zarr store."""
+    ds = ds.copy()
+    for name in list(ds.variables):
+        var = ds[name]
+        if var.dtype == object:
+            ds[name] = var.astype(str)
+    ds.attrs = {k: (int(v) if isinstance(v, bool) else v) for k, v in ds.attrs.items()}
+    return ds
+
+
+def save_result(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write ``ds`` to ``path`` (``.zarr`` folder or ``.nc`` file) atomically.
+
+    The data go to a temporary name in the same folder, which is renamed over ``path``
+    only once complete: a failure leaves no partial output and keeps any older file.
+    """
+    path = check_output_path(path)
+    ds = _storable(ds)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        if path.suffix == ".zarr":
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds.to_zarr(target, mode="w", consolidated=True)
+        else:
+            ds.to_netcdf(target, engine="h5netcdf")
+        if path.is_dir() and not path.is_symlink():
+            old = tmp / (path.name + ".old")
+            os.replace(path, old)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def open_result(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Open a result written by :func:`save_result` (loaded into memory)."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"no result at {str(path)!r}")
+    if path.suffix == ".zarr":
+        return xr.open_zarr(path).load()
+    return xr.load_dataset(path, engine="h5netcdf")
+
+
+__all__ = [
+    "SUFFIXES",
+    "TopItem",
+    "check_output_path",
+    "open_result",
+    "promoted_tokens",
+    "save_result",
+    "top_items",
+]
