@@ -487,7 +487,38 @@ def _check_expert_sets(model: Model, sets: Iterable[tuple[int, Iterable[int]]], 
 
 
 @dataclass(frozen=True, repr=False)
-class BanExperts(_RoutingEdit):
+class _ExpertSetEdit(_RoutingEdit):
+    """Routing values that add ``{layer: [expert, …]}`` to one set of the routing decision."""
+
+    experts: Any
+    _bucket: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "experts", _layer_sets(self.experts, "expert"))
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{la}: {list(e)}" for la, e in self.experts)
+        return f"{type(self).__name__}({{{body}}})"
+
+    def layers(self) -> tuple[int, ...]:
+        return tuple(layer for layer, _ in self.experts)
+
+    def is_empty(self) -> bool:
+        return not self.experts
+
+    def validate(self, model: Model) -> None:
+        _check_expert_sets(model, self.experts, type(self).__name__)
+
+    def _contribute(self, layer: int, routing: _Routing) -> bool:
+        experts = dict(self.experts).get(layer)
+        if not experts:
+            return False
+        getattr(routing, self._bucket).update(experts)
+        return True
+
+
+@dataclass(frozen=True, repr=False)
+class BanExperts(_ExpertSetEdit):
     """Take experts out of routing: their router logit becomes −∞ and routing is re-derived.
 
     ``experts`` is ``{layer: [expert, …]}`` or ``(layer, expert)`` pairs. Gates come from the
@@ -495,64 +526,21 @@ class BanExperts(_RoutingEdit):
     renormalises.
     """
 
-    experts: Any
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "experts", _layer_sets(self.experts, "expert"))
-
-    def __repr__(self) -> str:
-        return f"BanExperts({{{', '.join(f'{la}: {list(e)}' for la, e in self.experts)}}})"
-
-    def layers(self) -> tuple[int, ...]:
-        return tuple(layer for layer, _ in self.experts)
-
-    def is_empty(self) -> bool:
-        return not self.experts
-
-    def validate(self, model: Model) -> None:
-        _check_expert_sets(model, self.experts, "BanExperts")
-
-    def _contribute(self, layer: int, routing: _Routing) -> bool:
-        experts = dict(self.experts).get(layer)
-        if not experts:
-            return False
-        routing.banned.update(experts)
-        return True
+    _bucket: ClassVar[str] = "banned"
 
 
 @dataclass(frozen=True, repr=False)
-class ForceExperts(_RoutingEdit):
+class ForceExperts(_ExpertSetEdit):
     """Make experts always take a top-k slot at their layer.
 
-    The other slots go to the most probable remaining experts; every gate is the expert's
-    softmax probability over the router logits (fp32), renormalised over the chosen
-    experts only where the model renormalises. Forcing more experts than top-k needs a
-    :class:`SetTopK` in the same plan.
+    ``experts`` is ``{layer: [expert, …]}`` or ``(layer, expert)`` pairs. The other slots go
+    to the most probable remaining experts; every gate is the expert's softmax probability
+    over the router logits (fp32), renormalised over the chosen experts only where the
+    model renormalises. Forcing more experts than top-k needs a :class:`SetTopK` in the
+    same plan.
     """
 
-    experts: Any
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "experts", _layer_sets(self.experts, "expert"))
-
-    def __repr__(self) -> str:
-        return f"ForceExperts({{{', '.join(f'{la}: {list(e)}' for la, e in self.experts)}}})"
-
-    def layers(self) -> tuple[int, ...]:
-        return tuple(layer for layer, _ in self.experts)
-
-    def is_empty(self) -> bool:
-        return not self.experts
-
-    def validate(self, model: Model) -> None:
-        _check_expert_sets(model, self.experts, "ForceExperts")
-
-    def _contribute(self, layer: int, routing: _Routing) -> bool:
-        experts = dict(self.experts).get(layer)
-        if not experts:
-            return False
-        routing.forced.update(experts)
-        return True
+    _bucket: ClassVar[str] = "forced"
 
 
 @dataclass(frozen=True, repr=False)
