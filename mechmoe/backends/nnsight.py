@@ -122,7 +122,8 @@ def run_capture(
                 x_full = _envoy(layer, spec.ffn).input
                 rec["resid_mid"] = x_full[bidx, pidx].save()
             rec["ffn_in"] = x_full[bidx, pidx].save()
-            ctx.state[(li, "ffn_in")] = x_full.reshape(B * T, -1)
+            if edits:  # kept only for edits: holding every layer's full input costs L·B·T·d
+                ctx.state[(li, "ffn_in")] = x_full.reshape(B * T, -1)
 
             if model.layer_kind(li) == "moe":
                 assert spec.moe is not None
@@ -130,7 +131,8 @@ def run_capture(
                 if sites.wants("router"):
                     router.output = tuple(sites("router", li, tuple(router.output)))
                 logits, weights, index = router.output
-                ctx.state[(li, "routing")] = (logits, weights, index)
+                if edits:
+                    ctx.state[(li, "routing")] = (logits, weights, index)
                 rec["router_logits"] = logits[flat].save()
                 rec["expert_gate"] = weights[flat].save()
                 rec["expert_idx"] = index[flat].save()

@@ -142,28 +142,21 @@ class _Group:
     logits: Tensor
 
 
+_EXPERT_FIELDS = (
+    "resid_mid",
+    "expert_idx",
+    "expert_gate",
+    "acts",
+    "ffn_raw",
+    "shared_acts",
+    "shared_gate",
+)
 _FIELDS: dict[str, tuple[str, ...]] = {
     "head": ("resid_pre", "heads", "attn_raw"),
     "attn": ("resid_pre", "attn_out"),
     "ffn": ("resid_mid", "ffn_out"),
-    "expert": (
-        "resid_mid",
-        "expert_idx",
-        "expert_gate",
-        "acts",
-        "ffn_raw",
-        "shared_acts",
-        "shared_gate",
-    ),
-    "neuron": (
-        "resid_mid",
-        "expert_idx",
-        "expert_gate",
-        "acts",
-        "ffn_raw",
-        "shared_acts",
-        "shared_gate",
-    ),
+    "expert": _EXPERT_FIELDS,
+    "neuron": _EXPERT_FIELDS,
 }
 
 
