@@ -21,6 +21,16 @@ D_MODEL = "d_model"
 IDENTITY = "identity"
 RELATION = "relation"
 ITEM = "item"
+# trajectory store (see the store layout in docs/trajectories.md)
+K = "k"
+N_MASKED = "n"
+SEED = "seed"
+TOKEN = "token"
+EXPERT_B = "expert_b"
+# statistics (mechmoe.analysis): backbone fraction, Lorenz population share, compared runs
+QUANTILE = "q"
+POPULATION = "population"
+RUN = "run"
 
 NormKind = Literal["rmsnorm", "layernorm"]
 WeightLayout = Literal["linear", "conv1d"]
@@ -31,16 +41,24 @@ Backend = Literal["nnsight"]
 __all__ = [
     "D_MODEL",
     "EXPERT",
+    "EXPERT_B",
     "HEAD",
     "IDENTITY",
     "ITEM",
+    "K",
     "LAYER",
+    "N_MASKED",
     "NEURON",
+    "POPULATION",
     "POSITION",
     "PROMPT",
+    "QUANTILE",
     "RELATION",
+    "RUN",
+    "SEED",
     "SLOT",
     "STEP",
+    "TOKEN",
     "VOCAB",
     "Backend",
     "LayerKind",

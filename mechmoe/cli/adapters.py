@@ -12,6 +12,7 @@ from mechmoe.cli._common import (
     DeviceOpt,
     DtypeOpt,
     RevisionOpt,
+    TokenizerOpt,
     console,
     fail,
     load_model,
@@ -58,6 +59,7 @@ def check_cmd(
     revision: RevisionOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tokenizer: TokenizerOpt = None,
     prompts: Annotated[
         Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")
     ] = None,
@@ -79,7 +81,7 @@ def check_cmd(
     table.add_column("result")
     all_ok = True
     for name in names:
-        model = load_model(name, revision=revision, device=device, dtype=dtype)
+        model = load_model(name, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
         report = check_model(model, prompt_list, positions=positions)
         cells = []
         for r in report.results:
@@ -97,7 +99,12 @@ def check_cmd(
 def _read_prompts(path: Path) -> list[str]:
     if not path.is_file():
         raise fail(f"prompt file {str(path)!r} does not exist")
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    try:
+        # utf-8-sig: a byte-order mark is not part of the first prompt
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise fail(f"prompt file {str(path)!r} is not UTF-8 text") from None
+    lines = [line.strip() for line in text.splitlines()]
     prompts = [line for line in lines if line]
     if not prompts:
         raise fail(f"prompt file {str(path)!r} has no prompts (one prompt a line)")

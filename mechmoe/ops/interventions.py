@@ -31,9 +31,14 @@ value             effect in the forward pass                         same as (we
 ``ZeroNeurons``   ``ScaleNeurons`` by 0                              zero that ``down_proj`` column
 ================  =================================================  ======================================
 
-Routing values (ban, force, top-k, gate scales) at one layer merge into one routing
-decision, whatever their order. The router's logits in the capture stay the raw router
-scores; the captured gates and indices are the ones the edited pass used.
+Composition means applying one value after the other: scalings multiply (two
+``ScaleNeurons({n: 2})`` scale ``n`` by 4, as does listing ``n`` twice in one value; gate
+factors multiply; zero after a scale is zero); routing values (ban, force, top-k) at one
+layer merge into one routing decision, whatever their order, and gate factors multiply
+the re-derived gates; a mask applied twice is applied once, and two different masks on
+one head are refused. docs/interventions.md has the rule of every pair of kinds. The
+router's logits in the capture stay the raw router scores; the captured gates and
+indices are the ones the edited pass used.
 
 Examples
 --------
@@ -118,8 +123,24 @@ def _layer_factors(
 ) -> tuple[tuple[int, tuple[tuple[int, float], ...]], ...]:
     """``{layer: {i: f}}`` or ``{layer: [i]}`` with ``factor`` → sorted nested tuples."""
     merged: dict[int, dict[int, float]] = {}
+
+    def scale(row: dict[int, float], i: int, f: float) -> None:
+        # an index listed twice is scaled twice: the factors multiply
+        row[i] = row.get(i, 1.0) * f
+
     if not isinstance(spec, Mapping):
-        spec = {layer: items for layer, items in _layer_sets(spec, what)}
+        if factor is None:
+            raise InvalidInputError(f"{what}: give {{layer: {{index: factor}}}} or factor=")
+        f = _factor(factor, "factor")
+        for pair in spec:
+            try:
+                layer, i = pair
+            except (TypeError, ValueError):
+                raise InvalidInputError(
+                    f"{what}: give {{layer: [indices]}} or (layer, index) pairs, got {pair!r}"
+                ) from None
+            scale(merged.setdefault(_index(layer, "layer"), {}), _index(i, what), f)
+        spec = {}
     for layer, items in spec.items():
         layer = _index(layer, "layer")
         row = merged.setdefault(layer, {})
@@ -127,12 +148,12 @@ def _layer_factors(
             if factor is not None:
                 raise InvalidInputError(f"{what}: give factors per index or one factor=, not both")
             for i, f in items.items():
-                row[_index(i, what)] = _factor(f, f"factor of {what} {i} at layer {layer}")
+                scale(row, _index(i, what), _factor(f, f"factor of {what} {i} at layer {layer}"))
         else:
             if factor is None:
                 raise InvalidInputError(f"{what}: give {{layer: {{index: factor}}}} or factor=")
             for i in [items] if isinstance(items, int) else items:
-                row[_index(i, what)] = _factor(factor, "factor")
+                scale(row, _index(i, what), _factor(factor, "factor"))
     return tuple(
         (layer, tuple(sorted(row.items()))) for layer, row in sorted(merged.items()) if row
     )
@@ -267,7 +288,9 @@ class MaskHeads(Intervention):
     """
 
     heads: Any
-    mode: MaskMode = "zero"
+    # ``MaskMode`` values; typed ``str`` so a wrong mode reaches the check in
+    # ``__post_init__`` (one InvalidInputError) under runtime type checkers too
+    mode: str = "zero"
     means: Any = field(default=None, compare=True)
     sites: ClassVar[frozenset[str]] = frozenset({"heads"})
 
@@ -753,6 +776,17 @@ class ZeroNeurons(ScaleNeurons):
         return not self.neurons
 
 
+def _merge_neurons(values: Sequence[ScaleNeurons]) -> ScaleNeurons:
+    """One :class:`ScaleNeurons` equal to applying ``values`` one after the other."""
+    if len(values) == 1:
+        return values[0]
+    product: dict[tuple[int, int, int], float] = {}
+    for value in values:
+        for triple, f in value.neurons:
+            product[triple] = product.get(triple, 1.0) * f
+    return ScaleNeurons(product)
+
+
 # ---- plans -----------------------------------------------------------------------------
 
 
@@ -823,9 +857,14 @@ class Plan:
         """What a capture pass runs: the plan's check, the head and neuron values, and
         the routing values merged into one routing decision per layer."""
         routing = tuple(it for it in self.items if isinstance(it, _RoutingEdit))
-        rest = tuple(it for it in self.items if not isinstance(it, _RoutingEdit))
+        neurons = tuple(it for it in self.items if isinstance(it, ScaleNeurons))
+        rest = tuple(it for it in self.items if not isinstance(it, (_RoutingEdit, ScaleNeurons)))
         group = (_RoutingGroup(routing),) if routing else ()
-        return (_PlanCheck(self), *rest, *group)
+        # Each neuron value adds its change to the unedited activation, so two values on
+        # one neuron must be merged first: their factors multiply (applied one after the
+        # other), and the merged value is applied once.
+        merged = (_merge_neurons(neurons),) if neurons else ()
+        return (_PlanCheck(self), *rest, *merged, *group)
 
     # A plan is itself an Edit, so it fits wherever one edit is accepted; backends
     # normally unpack it through ``edits`` instead.
@@ -849,6 +888,7 @@ class Plan:
         forced: dict[int, set[int]] = {}
         ks: dict[int | None, int] = {}
         modes: dict[tuple[int, int], str] = {}
+        means: dict[tuple[int, int], Any] = {}
         for it in self.items:
             if isinstance(it, BanExperts):
                 for la, es in it.experts:
@@ -864,11 +904,19 @@ class Plan:
                             f"contradictory routing at {where}: top-k set to both {ks[la]} and {it.k}"
                         )
             elif isinstance(it, MaskHeads):
+                fixed = dict(it.means) if it.means is not None else {}
                 for pair in it.pairs:
                     if modes.setdefault(pair, it.mode) != it.mode:
                         raise InvalidInputError(
                             f"contradictory masks: head {pair[1]} at layer {pair[0]} is masked "
                             f"with both mode='{modes[pair]}' and mode='{it.mode}'"
+                        )
+                    row = fixed.get(pair[0])
+                    mean = None if row is None or pair[1] >= len(row) else row[pair[1]]
+                    if means.setdefault(pair, mean) != mean:
+                        raise InvalidInputError(
+                            f"contradictory masks: head {pair[1]} at layer {pair[0]} is "
+                            "mean-masked with two different means; give one MaskHeads per head"
                         )
         for la in sorted(banned.keys() & forced.keys()):
             both = sorted(banned[la] & forced[la])

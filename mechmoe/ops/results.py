@@ -17,14 +17,13 @@ True
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mechmoe.core.writer import marker, prepare_output
 from mechmoe.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -187,16 +186,25 @@ def promoted_tokens(
 
 
 # ---- saving -------------------------------------------------------------------------------
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """Validate an output path before any work is done (suffix, folder exists)."""
-    path = Path(path)
+#: The writer kind of a saved result (see :mod:`mechmoe.core.writer`).
+RESULT_KIND = "result"
+
+
+def _check_suffix(path: Path) -> None:
     if path.suffix not in SUFFIXES:
         raise InvalidInputError(f"output {str(path)!r} must end in .zarr or .nc")
-    if not path.parent.exists():
-        raise InvalidInputError(
-            f"folder {str(path.parent)!r} of output {str(path)!r} does not exist"
-        )
-    return path
+
+
+def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Validate an output path before any work is done.
+
+    The suffix must be ``.zarr`` or ``.nc``, the folder must exist and be writable, and
+    anything already at ``path`` must be an earlier mechmoe result (replaced only with
+    ``overwrite=True``); see :func:`mechmoe.core.writer.prepare_output`.
+    """
+    path = Path(path)
+    _check_suffix(path)
+    return prepare_output(path, kind=RESULT_KIND, overwrite=overwrite).path
 
 
 def _storable(ds: xr.Dataset) -> xr.Dataset:
@@ -207,35 +215,38 @@ def _storable(ds: xr.Dataset) -> xr.Dataset:
         if var.dtype == object:
             ds[name] = var.astype(str)
     ds.attrs = {k: (int(v) if isinstance(v, bool) else v) for k, v in ds.attrs.items()}
-    return ds
+    ds.attrs.update(marker(RESULT_KIND))
+    # Data in memory (no dask threads can outlive an interrupted write), and no encoding
+    # carried over from a store that was read (a zarr v2 codec cannot be written to v3).
+    return ds.drop_encoding().load()
 
 
-def save_result(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
-    """Write ``ds`` to ``path`` (``.zarr`` folder or ``.nc`` file) atomically.
+def save_result(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``ds`` to ``path`` (``.zarr`` folder or ``.nc`` file) safely.
 
-    The data go to a temporary name in the same folder, which is renamed over ``path``
-    only once complete: a failure leaves no partial output and keeps any older file.
+    The data go to a temporary sibling which is renamed into place only once complete,
+    so a failure or an interrupt leaves no partial output and keeps an earlier result.
+    An earlier mechmoe result at ``path`` is replaced only with ``overwrite=True``;
+    anything else there is never touched (:class:`~mechmoe.errors.OutputError`).
     """
-    path = check_output_path(path)
+    path = Path(path)
+    _check_suffix(path)
+    out = prepare_output(path, kind=RESULT_KIND, overwrite=overwrite)
     ds = _storable(ds)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name
-    try:
+    with out.writing() as tmp:
         if path.suffix == ".zarr":
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds.to_zarr(target, mode="w", consolidated=True)
+                ds.to_zarr(tmp, mode="w", consolidated=True)
         else:
-            ds.to_netcdf(target, engine="h5netcdf")
-        if path.is_dir() and not path.is_symlink():
-            old = tmp / (path.name + ".old")
-            os.replace(path, old)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+            # Encode in memory, then write plain bytes: a full disk is one OSError, not
+            # a failure deep inside HDF5.
+            data = ds.to_netcdf(engine="h5netcdf")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+    return out.path
 
 
 def open_result(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -245,12 +256,26 @@ def open_result(path: str | os.PathLike[str]) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"no result at {str(path)!r}")
-    if path.suffix == ".zarr":
-        return xr.open_zarr(path).load()
-    return xr.load_dataset(path, engine="h5netcdf")
+    if path.suffix not in SUFFIXES:
+        raise InvalidInputError(f"{str(path)!r} is not a result: results end in .zarr or .nc")
+    try:
+        if path.suffix == ".zarr":
+            ds = xr.open_zarr(path).load()
+        else:
+            ds = xr.load_dataset(path, engine="h5netcdf")
+    except Exception as exc:
+        what = "a zarr store" if path.suffix == ".zarr" else "a netCDF file"
+        raise InvalidInputError(
+            f"{str(path)!r} is not a readable result ({what} was expected: "
+            f"{type(exc).__name__}); pass a file written by mechmoe --out"
+        ) from None
+    for key in marker(RESULT_KIND):
+        ds.attrs.pop(key, None)
+    return ds
 
 
 __all__ = [
+    "RESULT_KIND",
     "SUFFIXES",
     "TopItem",
     "check_output_path",

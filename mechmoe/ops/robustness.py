@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mechmoe._types import HEAD, LAYER
+from mechmoe.core.progress import task
+from mechmoe.core.provenance import provenance
 from mechmoe.errors import InvalidInputError
-from mechmoe.ops.interventions import MaskHeads, MaskMode, compose, head_means
+from mechmoe.ops.interventions import MaskHeads, compose, head_means
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -143,7 +145,7 @@ def head_robustness(
     k: int = 10,
     ranking: Ranking = None,
     target: Literal["top1", "gold"] = "top1",
-    mode: MaskMode = "zero",
+    mode: str = "zero",  # "zero" or "mean"; checked below with a clear error
     batch_size: int = 32,
     interventions: Any = None,
     progress: bool = False,
@@ -192,7 +194,6 @@ def head_robustness(
     """
     import xarray as xr
 
-    import mechmoe
     from mechmoe.probes import evaluate
 
     if len(probe) == 0:
@@ -235,9 +236,9 @@ def head_robustness(
         return float(ds["hit"].mean()), float(ds["reciprocal_rank"].mean())
 
     jobs = 1 + len(grid) * (1 + len(seed_list))
-    with _Progress(progress, jobs) as tick:
+    with task("masking heads", total=jobs, show=progress) as bar:
         hit_base, mrr_base = measure(())
-        tick()
+        bar.advance()
         hit_top, mrr_top = np.zeros(len(grid)), np.zeros(len(grid))
         hit_rnd = np.zeros((len(grid), len(seed_list)))
         mrr_rnd = np.zeros_like(hit_rnd)
@@ -245,14 +246,14 @@ def head_robustness(
         rnd_head = np.full_like(rnd_layer, -1)
         for i, n in enumerate(grid):
             hit_top[i], mrr_top[i] = measure(order[:n])
-            tick()
+            bar.advance()
             for j, seed in enumerate(seed_list):
                 flat = np.random.default_rng([seed, n]).choice(total, size=n, replace=False)
                 pairs = [(int(f // H), int(f % H)) for f in np.sort(flat)]
                 rnd_layer[i, j, :n] = [p[0] for p in pairs]
                 rnd_head[i, j, :n] = [p[1] for p in pairs]
                 hit_rnd[i, j], mrr_rnd[i, j] = measure(pairs)
-                tick()
+                bar.advance()
 
     def drop(after: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -281,53 +282,30 @@ def head_robustness(
             "seed": np.array(seed_list, dtype=np.int64),
             "rank": np.arange(1, len(order) + 1, dtype=np.int64),
         },
-        attrs={
-            "experiment": "head masking robustness",
-            "model": model.name,
-            "revision": model.revision or "",
-            "probe": ",".join(probe.relation_names),
-            "n_items": len(probe),
-            "k": k,
-            "metric": f"HIT@{k}",
-            "drop": "1 - hit/hit_base",
-            "mode": mode,
-            "target": target,
-            "ranking": source,
-            "grid": ",".join(map(str, grid)),
-            "seeds": ",".join(map(str, seed_list)),
-            "n_heads_total": total,
-            "control": "n heads drawn uniformly without replacement, numpy default_rng([seed, n])",
-            "interventions": repr(base) if len(base) else "",
-            "mechmoe_version": mechmoe.__version__,
-        },
+        attrs=provenance(
+            model,
+            probe=probe,
+            options={
+                "k": k,
+                "mode": mode,
+                "target": target,
+                "grid": grid,
+                "seeds": seed_list,
+                "batch_size": batch_size,
+                "interventions": repr(base) if len(base) else "",
+            },
+            experiment="head masking robustness",
+            n_items=len(probe),
+            metric=f"HIT@{k}",
+            drop="1 - hit/hit_base",
+            ranking=source,
+            n_heads_total=total,
+            control="n heads drawn uniformly without replacement, numpy default_rng([seed, n])",
+        ),
     )
     ds["hit_top"].attrs["long_name"] = f"HIT@{k} with the top-n heads masked"
     ds["hit_random"].attrs["long_name"] = f"HIT@{k} with n random heads masked"
     return ds
-
-
-class _Progress:
-    """A rich progress bar on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-        self._progress: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        from mechmoe.cli._common import err_console
-
-        self._progress = Progress(console=err_console, transient=True)
-        self._progress.__enter__()
-        task = self._progress.add_task("masking heads", total=self.total)
-        return lambda: self._progress.advance(task)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
 
 
 __all__ = ["DEFAULT_GRID", "head_robustness", "rank_heads"]

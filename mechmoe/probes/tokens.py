@@ -84,6 +84,52 @@ def first_token_ids(tokenizer: Any, objects: Sequence[str], prompts: Sequence[st
     return out
 
 
+def gold_token_ids(
+    tokenizer: Any, object_sets: Sequence[Sequence[str]], prompts: Sequence[str]
+) -> list[tuple[int, ...]]:
+    """The first-token id of every gold object of every item, as :func:`first_token_ids`.
+
+    Parameters
+    ----------
+    tokenizer
+        A Hugging Face tokenizer.
+    object_sets
+        Each item's gold objects (e.g. :attr:`ProbeSet.object_sets`).
+    prompts
+        Each item's prompt.
+
+    Returns
+    -------
+    list of tuple of int
+        One tuple per item, one id per object, in the objects' order (two objects may
+        share a first token).
+
+    Examples
+    --------
+    >>> from mechmoe.testing import tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> [ids] = gold_token_ids(tok, [["cold", "hot"]], ["The opposite of warm is"])
+    >>> [tok.decode([i]) for i in ids]
+    [' cold', ' hot']
+    """
+    if len(object_sets) != len(prompts):
+        raise InvalidInputError(
+            f"got {len(object_sets)} object sets but {len(prompts)} prompts; give one per prompt"
+        )
+    flat_objects = [o for objs in object_sets for o in objs]
+    flat_prompts = [p for objs, p in zip(object_sets, prompts, strict=True) for _ in objs]
+    for i, objs in enumerate(object_sets):
+        if not len(objs):
+            raise InvalidInputError(f"item {i} (prompt {prompts[i]!r}) has no gold object")
+    ids = first_token_ids(tokenizer, flat_objects, flat_prompts)
+    out: list[tuple[int, ...]] = []
+    start = 0
+    for objs in object_sets:
+        out.append(tuple(ids[start : start + len(objs)]))
+        start += len(objs)
+    return out
+
+
 def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
@@ -91,4 +137,4 @@ def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in enc["input_ids"]]
 
 
-__all__ = ["first_token_ids", "separator"]
+__all__ = ["first_token_ids", "gold_token_ids", "separator"]

@@ -68,3 +68,41 @@ def test_vector_kernel_matches_log_softmax():
     for j in range(4):
         want = _reference(vecs[:, j], W_U, ones, logp, target)  # each row its own "direction"
         torch.testing.assert_close(got[:, j], want.diagonal(), atol=2e-5, rtol=1e-5)
+
+
+def test_prompts_share_one_group_within_the_budget():
+    from mechmoe.ops.attribution import MAX_GROUP, _group_size
+
+    # 1,000 prompts at a 50k vocabulary fit one group in 4 GiB: each P is formed once
+    assert _group_size(1000, 16, 50304, 4 * 2**30) == 1000
+    # a small budget still scores MAX_GROUP together; a larger batch is never split
+    assert _group_size(1000, 16, 50304, 2**24) == MAX_GROUP
+    assert _group_size(1000, 512, 50304, 2**24) == 512
+    assert _group_size(3, 16, 50304, 4 * 2**30) == 16
+
+
+def test_exact_kernel_blocks_many_prompts():
+    # more prompts than one block row (64) and an odd vocabulary tail
+    U, W_U, c, logp, target = _data(7, n=70, k=5, vocab=2100)
+    got, _ = shared_direction_lpi(U, W_U, c, logp, target, budget=2**20)
+    torch.testing.assert_close(got, _reference(U, W_U, c, logp, target), atol=2e-5, rtol=1e-5)
+
+
+def test_small_budget_reports_each_neuron_chunk():
+    """A tiny memory budget splits a layer into many chunks; each one is reported, so a
+    long layer shows progress (and the chunked result still matches the reference)."""
+    from mechmoe.core.progress import Recorder, reporting
+    from mechmoe.ops._lpi_kernels import _neuron_chunk
+
+    U, W_U, c, logp, target = _data(3, k=37, vocab=300)
+    budget = 2**14
+    kc = _neuron_chunk(37, 300, budget)
+    n_chunks = -(-37 // kc)
+    assert n_chunks > 1
+    rec = Recorder()
+    with reporting(rec):
+        got, _ = shared_direction_lpi(U, W_U, c, logp, target, budget=budget)
+    chunk_events = [e for e in rec.events if e.description == "neuron chunks"]
+    assert [e.kind for e in chunk_events].count("advance") == n_chunks
+    assert chunk_events[0].total == n_chunks
+    torch.testing.assert_close(got, _reference(U, W_U, c, logp, target), atol=2e-5, rtol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.errors import InvalidInputError, OutputError
 from mechmoe.ops.attribution import attribute
 from mechmoe.ops.results import open_result, promoted_tokens, save_result, top_items
 from mechmoe.testing import DEFAULT_PROMPTS, tiny_model
@@ -63,8 +63,11 @@ def test_save_and_reopen(qwen, tmp_path, suffix):
     np.testing.assert_array_equal(back["score_per_prompt"].values, ds["score_per_prompt"].values)
     assert list(back["prompt"].values) == PROMPTS
     assert back.attrs["model"] == "tiny:qwen2_moe" and back.attrs["reference_compat"] == 0
-    # Saving again replaces the old result.
-    save_result(ds.assign(score=ds["score"] * 0), path)
+    # Saving again needs overwrite=True, then replaces the old result.
+    with pytest.raises(OutputError, match="--overwrite"):
+        save_result(ds.assign(score=ds["score"] * 0), path)
+    np.testing.assert_array_equal(open_result(path)["score"].values, ds["score"].values)
+    save_result(ds.assign(score=ds["score"] * 0), path, overwrite=True)
     assert float(np.nansum(open_result(path)["score"])) == 0.0
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"r{suffix}"]
 

@@ -364,9 +364,7 @@ def test_composed_plan_equals_combined_surgery(moe_model):
     ids=["plan", "heads", "gates", "neurons", "compose"],
 )
 def test_empty_intervention_changes_nothing_bit_for_bit(model32, empty):
-    model = model32
-    if isinstance(empty, ScaleGates) and not model.dims.is_moe:
-        pytest.skip("gates need a router")
+    model = model32  # an empty routing value is valid on a dense model too: nothing to route
     base = model.capture(PROMPTS)
     cap = model.capture(PROMPTS, interventions=empty)
     assert empty.is_empty()
@@ -400,7 +398,46 @@ def test_interventions_are_values():
     assert MaskHeads({0: [3, 1, 1]}) == MaskHeads([(0, 1), (0, 3)])
     assert repr(MaskHeads({3: [5], 7: [1]})) == "MaskHeads({3: [5], 7: [1]}, mode='zero')"
     assert ZeroNeurons([(0, 0, 1)]).neurons == ((((0, 0, 1)), 0.0),)
-    assert ScaleNeurons({(0, 0, 1): 2.0}) + ScaleNeurons({(0, 0, 1): 2.0})
+    # a value keeps its items in order; the factors combine when the plan runs
+    twice = ScaleNeurons({(0, 0, 1): 2.0}) + ScaleNeurons({(0, 0, 1): 2.0})
+    assert twice.items == (ScaleNeurons({(0, 0, 1): 2.0}),) * 2
+
+
+def test_listing_twice_applies_twice():
+    """Within one value an index listed twice is scaled twice (the factors multiply)."""
+    assert ScaleNeurons([(0, 0, 1), (0, 0, 1)], factor=2.0).neurons == (((0, 0, 1), 4.0),)
+    assert ScaleGates({0: [1, 1]}, factor=2.0).gates == ((0, ((1, 4.0),)),)
+    assert ScaleGates([(0, 1), (0, 1), (0, 2)], factor=0.5).gates == ((0, ((1, 0.25), (2, 0.5))),)
+    assert ZeroExperts([(1, 2), (1, 2)]).gates == ((1, ((2, 0.0),)),)
+    # masks and expert sets are idempotent: listed twice is listed once
+    assert MaskHeads({0: [1, 1]}).pairs == ((0, 1),)
+    assert BanExperts({0: [1, 1]}).experts == ((0, (1,)),)
+
+
+def test_neuron_values_merge_into_one_product_edit():
+    """The plan runs one neuron edit whose factors are the products of its values'."""
+    plan = ScaleNeurons({(0, 0, 1): 2.0, (1, 0, 3): 0.5}) + ScaleNeurons({(0, 0, 1): 2.0})
+    [merged] = [e for e in plan.edits if isinstance(e, ScaleNeurons)]
+    assert dict(merged.neurons) == {(0, 0, 1): 4.0, (1, 0, 3): 0.5}
+    plan = ScaleNeurons({(0, 0, 1): 3.0}) + ZeroNeurons([(0, 0, 1)])
+    [merged] = [e for e in plan.edits if isinstance(e, ScaleNeurons)]
+    assert dict(merged.neurons) == {(0, 0, 1): 0.0}
+
+
+def test_scale_neurons_twice_equals_surgery_by_the_product(model):
+    """``ScaleNeurons({n: 2}) + ScaleNeurons({n: 2})`` scales by 4, the same as one ×4 value
+    and as a ×4 ``down_proj`` column (not by 3, as adding two deltas would)."""
+    e = 1 if model.dims.is_moe else 0
+    n = (1, e, 3)
+    hf = copy.deepcopy(model.hf)
+    with torch.no_grad():
+        mlp = layers_of(hf)[1].mlp
+        (mlp.experts.down_proj[e] if model.dims.is_moe else mlp.down_proj.weight)[:, 3] *= 4.0
+    ref = hf_last_logits(model, hf)
+    assert_close(edited_logits(model, ScaleNeurons({n: 2.0}) + ScaleNeurons({n: 2.0})), ref)
+    assert_close(edited_logits(model, ScaleNeurons([n, n], factor=2.0)), ref)
+    assert_close(edited_logits(model, [ScaleNeurons({n: 2.0}), ScaleNeurons({n: 2.0})]), ref)
+    assert_changed(model, ScaleNeurons({n: 4.0}) + ScaleNeurons({n: 0.5}))  # net ×2
 
 
 @pytest.mark.parametrize(
@@ -425,10 +462,10 @@ def test_contradictions_fail_at_composition(make, message):
 
 
 def test_unknown_mask_mode_is_refused():
-    # the Literal annotation is enforced by the test-time type checker; the value check
-    # gives users the same refusal as an InvalidInputError
-    with pytest.raises((InvalidInputError, TypeError), match="mode"):
-        MaskHeads({0: [1]}, mode="max")  # type: ignore[arg-type]
+    with pytest.raises(
+        InvalidInputError, match="MaskHeads mode must be 'zero' or 'mean', got 'max'"
+    ):
+        MaskHeads({0: [1]}, mode="max")
 
 
 @pytest.mark.parametrize(
@@ -529,3 +566,172 @@ def test_a_plain_list_means_the_same_as_compose():
     composed = model.capture(prompts, interventions=compose(*items))
     assert torch.equal(as_list.logits, composed.logits)
     assert set(as_list.layers[0].expert_idx.flatten().tolist()) >= {0, 1, 2}
+
+
+# ---- every pair of kinds, against combined weight surgery ------------------------------------
+#
+# Each kind has two instances that overlap with each other (same-kind pairs use both) and
+# with the other kinds' first instances (they touch layer 1, expert 1, neuron 3, head 0:1).
+# The reference below writes the combination rules of docs/interventions.md out by hand:
+# scalings multiply, ban/force sets unite, masks on one head must agree; the result is then
+# baked into a deep copy (W_O columns and bias, down_proj rows and columns, a hand router).
+
+KINDS = (
+    "mask_zero",
+    "mask_mean",
+    "ban",
+    "force",
+    "top_k",
+    "scale_gates",
+    "zero_experts",
+    "scale_neurons",
+    "zero_neurons",
+)
+
+SPECS = {
+    "mask_zero": (("mask", {(0, 1), (1, 2)}, False), ("mask", {(1, 2), (1, 3)}, False)),
+    "mask_mean": (("mask", {(0, 1)}, True), ("mask", {(0, 1), (1, 0)}, True)),
+    "ban": (("ban", {(1, 2)}), ("ban", {(1, 2), (0, 0)})),
+    "force": (("force", {(1, 1)}), ("force", {(1, 1), (0, 3)})),
+    "top_k": (("top_k", 3), ("top_k", 3)),
+    "scale_gates": (
+        ("gates", {(1, 1): 0.5, (1, 2): 2.0}),
+        ("gates", {(1, 1): 0.5, (0, 0): 3.0}),
+    ),
+    "zero_experts": (("gates", {(1, 1): 0.0}), ("gates", {(1, 1): 0.0, (1, 0): 0.0})),
+    "scale_neurons": (
+        ("neurons", {(1, 1, 3): 2.0, (0, 0, 7): 0.5}),
+        ("neurons", {(1, 1, 3): 2.0, (1, 0, 5): 3.0}),
+    ),
+    "zero_neurons": (
+        ("neurons", {(1, 1, 3): 0.0}),
+        ("neurons", {(1, 1, 3): 0.0, (0, 2, 4): 0.0}),
+    ),
+}
+
+PAIRS = [(a, b) for i, a in enumerate(KINDS) for b in KINDS[i:]]
+
+
+def fixed_means(model):
+    H, D = model.dims.n_heads, model.dims.head_dim
+    gen = torch.Generator().manual_seed(11)
+    return {la: torch.randn(H, D, generator=gen, dtype=torch.float64) for la in (0, 1)}
+
+
+def as_value(kind: str, spec, means):
+    tag = spec[0]
+    if tag == "mask":
+        pairs = sorted(spec[1])
+        return MaskHeads(pairs, mode="mean", means=means) if spec[2] else MaskHeads(pairs)
+    if tag == "ban":
+        return BanExperts(sorted(spec[1]))
+    if tag == "force":
+        return ForceExperts(sorted(spec[1]))
+    if tag == "top_k":
+        return SetTopK(spec[1])
+    if tag == "gates":
+        if kind == "zero_experts":
+            return ZeroExperts(sorted(spec[1]))
+        rows: dict = {}
+        for (la, e), f in spec[1].items():
+            rows.setdefault(la, {})[e] = f
+        return ScaleGates(rows)
+    if kind == "zero_neurons":
+        return ZeroNeurons(sorted(spec[1]))
+    return ScaleNeurons(dict(spec[1]))
+
+
+def reference_state(specs, means):
+    """The combination rules, written out: returns the state or the refusal's reason."""
+    st = {"heads": {}, "ban": set(), "force": set(), "k": None, "experts": {}, "neurons": {}}
+    for spec in specs:
+        tag = spec[0]
+        if tag == "mask":
+            for la, h in spec[1]:
+                new = ("mean", means[la][h]) if spec[2] else ("zero", None)
+                old = st["heads"].setdefault((la, h), new)
+                if old[0] != new[0] or (new[0] == "mean" and not torch.equal(old[1], new[1])):
+                    return "contradictory masks"
+        elif tag == "ban":
+            st["ban"] |= spec[1]
+        elif tag == "force":
+            st["force"] |= spec[1]
+        elif tag == "top_k":
+            if st["k"] not in (None, spec[1]):
+                return "top-k set to both"
+            st["k"] = spec[1]
+        elif tag == "gates":
+            for key, f in spec[1].items():
+                st["experts"][key] = st["experts"].get(key, 1.0) * f
+        else:
+            for key, f in spec[1].items():
+                st["neurons"][key] = st["neurons"].get(key, 1.0) * f
+    if st["ban"] & st["force"]:
+        return "both banned and forced"
+    return st
+
+
+def surgery_logits(model, st):
+    hf = copy.deepcopy(model.hf)
+    D = model.dims.head_dim
+    with torch.no_grad():
+        for (la, h), (mode, mean) in st["heads"].items():
+            o = layers_of(hf)[la].self_attn.o_proj
+            cols = slice(h * D, (h + 1) * D)
+            if mode == "mean":
+                bias = (
+                    torch.zeros(o.weight.shape[0], dtype=o.weight.dtype)
+                    if o.bias is None
+                    else o.bias.detach().clone()
+                )
+                o.bias = torch.nn.Parameter(bias + o.weight[:, cols] @ mean)
+            o.weight[:, cols] = 0
+        for (la, e), f in st["experts"].items():
+            layers_of(hf)[la].mlp.experts.down_proj[e] *= f
+        for (la, e, n), f in st["neurons"].items():
+            layers_of(hf)[la].mlp.experts.down_proj[e][:, n] *= f
+    for la, mod in enumerate(layers_of(hf)):
+        bias = torch.zeros(model.dims.n_experts[la])
+        bias[[e for (lb, e) in st["ban"] if lb == la]] = float("-inf")
+        hand_router(
+            mod.mlp.gate,
+            k=st["k"] or model.dims.top_k[la],
+            renorm=model.renormalizes(),
+            bias=bias,
+            forced=tuple(sorted(e for (lb, e) in st["force"] if lb == la)),
+        )
+    return hf_last_logits(model, hf)
+
+
+@pytest.mark.parametrize(("first", "second"), PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
+def test_every_pair_composes_as_one_after_the_other(moe_model, first, second):
+    """A + B (and B + A) equals the surgery of the written combination rule."""
+    means = fixed_means(moe_model)
+    spec_a = SPECS[first][0]
+    spec_b = SPECS[second][1] if first == second else SPECS[second][0]
+    a, b = as_value(first, spec_a, means), as_value(second, spec_b, means)
+    st = reference_state([spec_a, spec_b], means)
+    if isinstance(st, str):
+        for make in (lambda: a + b, lambda: b + a):
+            with pytest.raises(InvalidInputError, match=st):
+                moe_model.capture(PROMPTS, interventions=make())
+        return
+    expected = surgery_logits(moe_model, st)
+    assert_close(edited_logits(moe_model, a + b), expected)
+    assert_close(edited_logits(moe_model, b + a), expected)
+
+
+def test_contradictory_pairs_are_refused():
+    means = {0: torch.zeros(4, 16, dtype=torch.float64)}
+    other = {0: torch.ones(4, 16, dtype=torch.float64)}
+    with pytest.raises(InvalidInputError, match="head 1 at layer 0 is mean-masked with two"):
+        MaskHeads({0: [1]}, mode="mean", means=means) + MaskHeads(
+            {0: [1]}, mode="mean", means=other
+        )
+    with pytest.raises(InvalidInputError, match="head 1 at layer 0 is mean-masked with two"):
+        MaskHeads({0: [1]}, mode="mean") + MaskHeads({0: [1]}, mode="mean", means=other)
+    # the same mask twice is the mask once
+    twice = MaskHeads({0: [1]}, mode="mean", means=means) + MaskHeads(
+        {0: [1, 2]}, mode="mean", means=means
+    )
+    assert len(twice) == 2

@@ -76,14 +76,34 @@ def test_ranking_from_head_lpi_and_grid_capped(model, probe):
     assert "LPI" in ds.attrs["ranking"]
 
 
-def test_masking_every_head_in_mean_mode_runs(model, probe):
+def test_masking_every_head_in_mean_mode_matches_masking_by_hand(model, probe):
+    """All 8 heads mean-masked (means over the probe's prompts): the grid's numbers are
+    those of evaluate() under the same mask, and the base row is the unmasked model."""
+    from mechmoe.ops.interventions import head_means
+
     ds = head_robustness(model, probe, ns=(8,), seeds=1, mode="mean", ranking=np.zeros((2, 4)))
-    assert ds.attrs["mode"] == "mean" and np.isfinite(ds["mrr_top"].values).all()
+    assert ds.attrs["mode"] == "mean"
+    every = [(la, h) for la in range(2) for h in range(4)]
+    # a constant score array ranks heads in (layer, head) order
+    assert list(zip(ds["ranked_layer"].values, ds["ranked_head"].values, strict=True)) == every
+    means = head_means(model, list(probe.prompts))
+    by_hand = evaluate(
+        model, probe, k=10, progress=False, interventions=MaskHeads(every, mode="mean", means=means)
+    )
+    assert float(ds["hit_top"].sel(n=8)) == float(by_hand["hit"].mean())
+    assert float(ds["mrr_top"].sel(n=8)) == pytest.approx(float(by_hand["reciprocal_rank"].mean()))
+    # n = every head: the random control draws the same set, so it scores the same
+    assert float(ds["hit_random"].sel(n=8, seed=0)) == float(ds["hit_top"].sel(n=8))
+    base = evaluate(model, probe, k=10, progress=False)
+    assert float(ds["hit_base"]) == float(base["hit"].mean())
+    assert float(ds["mrr_base"]) == pytest.approx(float(base["reciprocal_rank"].mean()))
+    # masking changed the model's output (the numbers above are not the base ones by accident)
+    assert not np.array_equal(by_hand["logprob"].values, base["logprob"].values)
 
 
 def test_unknown_mode_is_refused(model, probe):
-    with pytest.raises((InvalidInputError, TypeError), match="mode"):
-        head_robustness(model, probe, ranking=[(0, 0)], ns=(1,), mode="max")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="mode must be 'zero' or 'mean', got 'max'"):
+        head_robustness(model, probe, ranking=[(0, 0)], ns=(1,), mode="max")
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,6 @@ def test_reads_one_file(tmp_path: Path) -> None:
     ("kwargs", "prompt"),
     [
         ({"template": 1}, "France has its capital in"),
-        ({"template": -1}, "France has its capital in"),
         ({"zero_shot": True}, "Q: capital of France? A:"),
         ({"template": "Capital of {}:"}, "Capital of France:"),
     ],
@@ -72,14 +71,24 @@ def test_reads_folder_in_name_order(tmp_path: Path) -> None:
     assert load_probe(str(tmp_path / "a.json")).relation_names == ("alpha",)
 
 
-def test_duplicate_subject_names_file_and_item(tmp_path: Path) -> None:
+def test_negative_template_index_is_refused(tmp_path: Path) -> None:
+    """-1 is not 'the last template': it is refused, naming the first valid index."""
+    path = write(tmp_path / "toy.json", relation())
+    with pytest.raises(InvalidInputError, match=r"template index -1 is negative; give 0"):
+        ProbeSet.from_lre(path, template=-1)
+    with pytest.raises(InvalidInputError, match=r"template index -1 is negative"):
+        load_probe("adj_antonym", template=-1)
+
+
+def test_repeated_subject_is_one_item_with_several_objects(tmp_path: Path) -> None:
     samples = [{"subject": "France", "object": "Paris"}, {"subject": "France", "object": "Lyon"}]
-    path = write(tmp_path / "dup.json", relation(samples=samples))
-    with pytest.raises(
-        InvalidInputError,
-        match=r"dup\.json: samples\[1\] repeats subject 'France' \(first at samples\[0\]\)",
-    ):
-        ProbeSet.from_lre(path)
+    probe = ProbeSet.from_lre(write(tmp_path / "dup.json", relation(samples=samples)))
+    assert len(probe) == 1
+    assert probe[0].object == "Paris" and probe[0].objects == ("Paris", "Lyon")
+    assert probe.object_sets == (("Paris", "Lyon"),)
+    assert probe.meta("toy").notes == (
+        "1 subject(s) have several objects; each is one item scored by its best-ranked object",
+    )
 
 
 def test_empty_object_names_file_and_item(tmp_path: Path) -> None:

