@@ -1,0 +1,172 @@
+"""Trajectory sweep: checkpoints per minute by executor, and peak memory vs checkpoints.
+
+1. Throughput: the same sweep (tiny OLMoE checkpoints; ``param_norm`` + ``hit`` on a
+   probe subset) with the local executor, and with a Dask LocalCluster of 1 and 2
+   worker processes. Each run is a fresh subprocess; the time is that of the ``sweep()``
+   call, cluster start-up included. Ratios are against the local executor in this run.
+2. Memory: peak RSS of a local sweep over 2, 4 and 8 checkpoints of a larger OLMoE
+   (4 layers, d 256, 8 experts of 512: 14M parameters, 56 MB in fp32, so a model kept
+   per checkpoint would add ~56 MB each), each sweep in its own subprocess (``os.wait4``
+   rusage of that child). One model is in memory at a time, so the peak must not grow
+   with the number of checkpoints.
+
+    python benchmarks/bench_trajectory.py [--checkpoints 8] [--family olmoe] [--items 8]
+
+Writes ``benchmarks/results_trajectory.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CHILD = r"""
+import json, sys, time
+from mechmoe.probes import load_probe
+from mechmoe.trajectory import LocalCheckpoints, sweep
+from mechmoe.trajectory.sweep import ParameterNorm
+from transformers.utils import logging as hf_logging
+hf_logging.disable_progress_bar()
+ckpts, out, executor, workers, select, items = sys.argv[1:7]
+probe = load_probe("country_capital_city").head(int(items))
+t0 = time.perf_counter()
+s = sweep(LocalCheckpoints(ckpts, select=select), probe=probe, measures=[ParameterNorm(), "hit"],
+          out=out, executor=executor, workers=int(workers))
+dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "done": len(s.done), "failed": len(s.failed)}))
+"""
+
+
+def _medium_olmoe():
+    import torch
+    from transformers import AutoModelForCausalLM, OlmoeConfig
+
+    from mechmoe.testing import tiny_tokenizer
+
+    config = OlmoeConfig(
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=512,
+        num_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def build(root: Path, n: int, family: str, *, medium: bool = False) -> Path:
+    import torch
+
+    from mechmoe.testing import tiny_hf_model, tiny_tokenizer
+
+    folder = root / ("medium" if medium else "ckpts")
+    for i in range(n):
+        step = 1000 * (i + 1)
+        model = _medium_olmoe() if medium else tiny_hf_model(family, seed=0)
+        gen = torch.Generator().manual_seed(step)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * (i + 1) * torch.randn(p.shape, generator=gen) * p.std())
+        model.save_pretrained(folder / f"step{step}")
+        tiny_tokenizer().save_pretrained(folder / f"step{step}")
+    return folder
+
+
+def run_child(ckpts: Path, out: Path, executor: str, workers: int, select: str, items: int):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(ckpts),
+            str(out),
+            executor,
+            str(workers),
+            select,
+            str(items),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    output = proc.stdout.read()
+    proc.stdout.close()
+    if status != 0:
+        raise RuntimeError(f"child failed ({status}): {output}")
+    result = json.loads(output.strip().splitlines()[-1])
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux: KiB
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--checkpoints", type=int, default=8)
+    ap.add_argument("--family", default="olmoe")
+    ap.add_argument("--items", type=int, default=8, help="probe items (country_capital_city)")
+    args = ap.parse_args()
+    info = {
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "family": args.family,
+        "probe_items": args.items,
+        "measures": ["param_norm", "hit"],
+        "loadavg_start": list(os.getloadavg()),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ckpts = build(root, args.checkpoints, args.family)
+        throughput = []
+        for executor, workers in (("local", 1), ("dask", 1), ("dask", 2)):
+            r = run_child(
+                ckpts, root / f"t-{executor}-{workers}.zarr", executor, workers, "all", args.items
+            )
+            r.update(executor=executor, workers=workers, checkpoints=args.checkpoints)
+            r["per_minute"] = 60.0 * r["done"] / r["seconds"]
+            throughput.append(r)
+            print(
+                f"{executor:>5} x{workers}: {r['per_minute']:.1f} checkpoints/min "
+                f"({r['seconds']:.1f} s for {r['done']})",
+                flush=True,
+            )
+        base = throughput[0]["per_minute"]
+        for r in throughput:
+            r["ratio_vs_local"] = r["per_minute"] / base
+        memory = []
+        medium = build(root, 8, "olmoe", medium=True)
+        info["memory_model"] = "OLMoE 4 layers, d 256, 8 experts x 512 (14M params)"
+        for n in (2, 4, 8):
+            r = run_child(medium, root / f"m-{n}.zarr", "local", 1, f"first:{n}", args.items)
+            r.update(checkpoints=n)
+            memory.append(r)
+            print(f"local, {n} checkpoints: peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+    info["loadavg_end"] = list(os.getloadavg())
+    results = {
+        "info": info,
+        "throughput": throughput,
+        "memory": memory,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    path = HERE / "results_trajectory.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

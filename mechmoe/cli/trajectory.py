@@ -1,0 +1,213 @@
+"""``mechmoe trajectory``: run measures over a model's training checkpoints into one store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mechmoe.cli._common import DtypeOpt, OverwriteOpt, TokenizerOpt, console, run_user_errors
+
+#: Rows of the per-checkpoint table above which only failures and duplicates are listed.
+MAX_ROWS = 40
+
+
+@run_user_errors
+def trajectory(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Hub repo id (with --revisions), or the model's name (with --checkpoints).",
+            show_default=False,
+        ),
+    ],
+    probe: Annotated[
+        str,
+        typer.Option(
+            "--probe",
+            "-p",
+            help="Bundled relation(s), comma-separated, 'all', or an LRE .json file/folder.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The store folder (run.zarr); rerun to resume it.",
+            show_default=False,
+        ),
+    ],
+    revisions: Annotated[
+        str | None,
+        typer.Option(
+            "--revisions",
+            "-r",
+            help="Which checkpoints: all, 5000,10000, every:N, log:N, range:A-B, first:N, last:N, "
+            "chained with '+' (range:1000-50000+log:10). Hub branches step{N}-tokens{M}B, or "
+            "with --checkpoints a selection among the folder's checkpoints.",
+        ),
+    ] = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints",
+            "-c",
+            help="A folder of checkpoints (step_000100/, step100/, checkpoint-100/, "
+            "step100-tokens4B/) or a .json/.csv manifest (step, path, tokens).",
+        ),
+    ] = None,
+    measures: Annotated[
+        str,
+        typer.Option(
+            "--measures", "-m", help="Comma-separated measure names, or 'all' (every built-in)."
+        ),
+    ] = "all",
+    probe_items: Annotated[
+        int | None,
+        typer.Option("--probe-items", help="Use only the first N items of each relation.", min=1),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (one process) or dask (a cluster of workers).")
+    ] = "local",
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", help="Dask workers of a LocalCluster.", min=1)
+    ] = 1,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Address of a running Dask scheduler (tcp://host:8786)."),
+    ] = None,
+    dtype: DtypeOpt = "float32",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    device_map: Annotated[
+        str | None,
+        typer.Option("--device-map", help="Passed to from_pretrained, e.g. 'auto' for big models."),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="torch threads per worker (default: 1 on Dask).", min=1),
+    ] = None,
+    tokenizer: TokenizerOpt = None,
+    export_nc: Annotated[
+        Path | None,
+        typer.Option("--export-nc", help="Also write the whole store to this netCDF file."),
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run measures over a model's checkpoints into a resumable store.
+
+    Each checkpoint is loaded, measured, freed and written atomically; rerunning the same
+    command resumes, retries failed checkpoints, and adds new measures or checkpoints
+    without recomputing what is there. Exits 1 if a checkpoint failed (it is recorded in
+    the store and retried next time).
+    """
+    from mechmoe.core.writer import prepare_output
+    from mechmoe.errors import InvalidInputError
+    from mechmoe.trajectory import HubRevisions, LocalCheckpoints, sweep
+    from mechmoe.trajectory.store import KIND, export_netcdf
+
+    if revisions is None and checkpoints is None:
+        raise InvalidInputError(
+            "say where the checkpoints are: --revisions SPEC (hub branches) or --checkpoints DIR"
+        )
+    prepare_output(out, kind=KIND, overwrite=overwrite, append=True)
+    if export_nc is not None:
+        prepare_output(export_nc, kind=KIND, overwrite=overwrite)
+        if export_nc.suffix.lower() != ".nc":
+            raise InvalidInputError(f"--export-nc {str(export_nc)!r} must end in .nc")
+    names = _measure_names(measures)
+    probe_set = _probe(probe, probe_items)
+    if checkpoints is not None:
+        source = LocalCheckpoints(checkpoints, select=revisions or "all")
+    else:
+        source = HubRevisions(model, select=revisions or "all")
+    _quiet_transformers()
+    summary = sweep(
+        source,
+        probe=probe_set,
+        measures=names,
+        out=out,
+        name=model,
+        executor=executor,  # type: ignore[arg-type]
+        workers=workers,
+        scheduler=scheduler,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        threads=threads,
+        tokenizer=tokenizer,
+        overwrite=overwrite,
+    )
+    _print_summary(summary)
+    if export_nc is not None:
+        path = export_netcdf(out, export_nc, overwrite=overwrite)
+        console.print(f"exported to {path}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _measure_names(text: str) -> list[str]:
+    from mechmoe.errors import InvalidInputError
+    from mechmoe.trajectory.measures import DEFAULT_MEASURES
+
+    if text.strip().lower() == "all":
+        return list(DEFAULT_MEASURES)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InvalidInputError("--measures names nothing; give names such as hit,expert_load")
+    return names
+
+
+def _probe(spec: str, items: int | None):  # type: ignore[no-untyped-def]
+    from mechmoe.probes import load_probe
+
+    probe = load_probe(spec)
+    if items is not None:
+        probe = probe.head(items, per_relation=True)
+    return probe
+
+
+def _quiet_transformers() -> None:
+    """The sweep draws its own progress bar; transformers' per-load bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    rows = summary.rows()
+    shown = rows if len(rows) <= MAX_ROWS else [r for r in rows if r[2] in ("failed", "duplicate")]
+    if shown:
+        table = Table(title=f"checkpoints → {summary.store}")
+        for col in ("step", "checkpoint", "status", "detail"):
+            table.add_column(col, justify="right" if col == "step" else "left")
+        for step, label, status, detail in shown:
+            style = {"failed": "red", "duplicate": "yellow"}.get(status)
+            table.add_row(str(step), label, f"[{style}]{status}[/]" if style else status, detail)
+        console.print(table)
+    totals = Table(title="summary")
+    for col in ("selected", "done", "skipped", "failed", "duplicates", "time"):
+        totals.add_column(col, justify="right")
+    totals.add_row(
+        str(summary.selected),
+        str(len(summary.done)),
+        str(len(summary.skipped)),
+        str(len(summary.failed)),
+        str(len(summary.duplicates)),
+        f"{summary.wall_seconds:.1f} s",
+    )
+    console.print(totals)
+    if summary.ignored:
+        console.print(
+            f"ignored {len(summary.ignored)} entries that are not checkpoints "
+            f"(e.g. {', '.join(summary.ignored[:3])})",
+            highlight=False,
+        )
+    if summary.failed:
+        console.print(
+            "[red]failed checkpoints are recorded in the store; rerun the same command to retry them[/]"
+        )

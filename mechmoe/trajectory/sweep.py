@@ -1,0 +1,545 @@
+"""The sweep: every chosen measure over a model's checkpoints, into one resumable store.
+
+For each checkpoint the sweep loads the model, hashes its weights, runs the measures
+that are still missing for that checkpoint, frees the model (so one model is in memory
+per worker at a time, whatever the number of checkpoints) and hands the results to the
+one writer (:class:`~mechmoe.trajectory.store.TrajectoryStore`). Rerunning the same
+call resumes: completed (checkpoint, measure) pairs are skipped, failed checkpoints are
+retried.
+
+Executors:
+
+- ``"local"`` (default): checkpoints one after the other in this process;
+- ``"dask"``: a :class:`dask.distributed.LocalCluster` of ``workers`` single-threaded
+  processes, or an existing cluster given by ``scheduler="tcp://host:8786"``. Workers
+  compute and return each checkpoint's Datasets; only this process writes, in whatever
+  order results arrive (the store does not depend on it).
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> from mechmoe.testing import save_tiny
+>>> from mechmoe.trajectory.sources import LocalCheckpoints
+>>> from mechmoe.trajectory.sweep import sweep
+>>> from mechmoe.trajectory.store import open_store
+>>> root = Path(tempfile.mkdtemp())
+>>> for step, seed in ((100, 0), (200, 1)):
+...     _ = save_tiny("llama", root / "ckpts" / f"step{step}", seed=seed)
+>>> summary = sweep(
+...     LocalCheckpoints(root / "ckpts"),
+...     probe=["The capital of France is"],
+...     measures=[ParameterNorm()],
+...     out=root / "run.zarr",
+... )
+>>> summary.done, summary.skipped
+([100, 200], [])
+>>> open_store(root / "run.zarr")["param_norm"].dims
+('step', 'layer')
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mechmoe._types import LAYER
+from mechmoe.core import progress
+from mechmoe.core.provenance import options_json, probe_hash, provenance, weights_hash
+from mechmoe.core.writer import prepare_output
+from mechmoe.errors import InvalidInputError
+from mechmoe.trajectory.sources import Checkpoint, CheckpointSource
+from mechmoe.trajectory.store import KIND, CheckpointResult, TrajectoryStore
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from mechmoe.model import Model
+
+Executor = Literal["local", "dask"]
+
+#: Model attrs recorded with each checkpoint (the store's attrs are read from the first).
+_MODEL_ATTRS = (
+    "adapter",
+    "dtype",
+    "is_moe",
+    "top_k",
+    "n_experts",
+    "mechmoe_version",
+    "torch_version",
+    "transformers_version",
+    "nnsight_version",
+)
+
+
+@dataclass
+class ParameterNorm:
+    """A tiny example measure: the L2 norm of each layer's parameters (``param_norm``).
+
+    Cheap (no forward pass), so it serves docs and tests; it shows the whole measure
+    protocol of :mod:`mechmoe.trajectory.measures`.
+    """
+
+    name: str = "param_norm"
+    variables: tuple[str, ...] = ("param_norm",)
+    scale: float = 1.0
+
+    def applies_to(self, model: Model) -> bool:
+        return True
+
+    def config(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    def __call__(self, model: Model, probe: Any) -> xr.Dataset:
+        import numpy as np
+        import torch
+        import xarray as xr
+
+        layers = model._layers
+        norms = []
+        with torch.no_grad():
+            for layer in layers:
+                # numpy's float64 sum does not depend on torch's thread count
+                sq = sum(
+                    float(np.square(p.detach().cpu().double().numpy()).sum())
+                    for p in layer.parameters()
+                )
+                norms.append(self.scale * sq**0.5)
+        return xr.Dataset(
+            {"param_norm": (LAYER, np.asarray(norms, dtype=np.float64))},
+            coords={LAYER: np.arange(len(layers), dtype=np.int64)},
+            attrs=provenance(model, probe=probe, options=self.config()),
+        )
+
+
+# ---- one checkpoint (runs in a worker) ---------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _trace(exc: BaseException, lines: int = 20) -> str:
+    return "".join(traceback.format_exception(exc)[-lines:])
+
+
+def _free(device: str | None) -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure_checkpoint(
+    checkpoint: Checkpoint,
+    measures: Sequence[Any],
+    probe: Any,
+    *,
+    dtype: str = "float32",
+    device: str | None = "cpu",
+    device_map: str | dict[str, Any] | None = None,
+    known_hashes: Mapping[str, int] | None = None,
+    threads: int | None = None,
+    tokenizer: str | None = None,
+) -> CheckpointResult:
+    """Load one checkpoint, run ``measures`` on it and free it; never raises for a bad checkpoint.
+
+    A load failure or a failing measure is returned in ``error`` (with a traceback
+    summary); the measures that succeeded are kept. When the weights hash is in
+    ``known_hashes`` (hash → step) with an earlier step, nothing is measured and the
+    result is marked ``duplicate``.
+    """
+    start = time.perf_counter()
+    if threads:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return measure_checkpoint(
+                checkpoint,
+                measures,
+                probe,
+                dtype=dtype,
+                device=device,
+                device_map=device_map,
+                known_hashes=known_hashes,
+                tokenizer=tokenizer,
+            )
+        finally:
+            torch.set_num_threads(before)
+    label = checkpoint.label or str(checkpoint.step)
+    try:
+        model = checkpoint.load(
+            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer
+        )
+    except Exception as exc:
+        _free(device)
+        return CheckpointResult(
+            checkpoint,
+            error=f"could not load {label}: {_one_line(exc)}",
+            traceback=_trace(exc),
+            seconds=time.perf_counter() - start,
+        )
+    result = CheckpointResult(checkpoint)
+    try:
+        # provenance() reads step and tokens from the handle
+        model.step = checkpoint.step  # type: ignore[attr-defined]
+        model.tokens = checkpoint.tokens  # type: ignore[attr-defined]
+        if checkpoint.revision is None:
+            model.revision = checkpoint.label
+        result.weights_hash = weights_hash(model)
+        earlier = (known_hashes or {}).get(result.weights_hash)
+        if earlier is not None and earlier < checkpoint.step:
+            result.duplicate = True
+            return result
+        attrs = provenance(model, weights=result.weights_hash)
+        result.model_attrs = {k: attrs[k] for k in _MODEL_ATTRS if k in attrs}
+        not_applicable = []
+        for measure in measures:
+            if not measure.applies_to(model):
+                not_applicable.append(measure.name)
+                continue
+            try:
+                result.datasets[measure.name] = measure(model, probe)
+            except Exception as exc:
+                if result.error is None:
+                    result.error = f"measure {measure.name!r} failed on {label}: {_one_line(exc)}"
+                    result.traceback = _trace(exc)
+                    result.failed_measure = measure.name
+        result.not_applicable = tuple(not_applicable)
+        return result
+    finally:
+        del model
+        _free(device)
+        result.seconds = time.perf_counter() - start
+
+
+# ---- the sweep ---------------------------------------------------------------------
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did, checkpoint by checkpoint (steps)."""
+
+    store: Path
+    done: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    duplicates: dict[int, int | None] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    labels: dict[int, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def selected(self) -> int:
+        return len(self.labels)
+
+    def rows(self) -> list[tuple[int, str, str, str]]:
+        """``(step, label, status, detail)`` per selected checkpoint, sorted by step."""
+        out = []
+        for step in sorted(self.labels):
+            if step in self.failed:
+                status, detail = "failed", self.failed[step]
+            elif step in self.duplicates:
+                orig = self.duplicates[step]
+                status, detail = (
+                    "duplicate",
+                    f"same weights as step {orig}" if orig is not None else "",
+                )
+            elif step in self.done:
+                status, detail = "done", f"{self.seconds.get(step, 0.0):.1f} s"
+            else:
+                status, detail = "skipped", "already in the store"
+            out.append((step, self.labels[step], status, detail))
+        return out
+
+
+def _measure_objects(measures: Sequence[Any]) -> list[Any]:
+    objs: list[Any] = []
+    for m in measures:
+        if isinstance(m, str):
+            from mechmoe.trajectory.measures import get_measure
+
+            m = get_measure(m)
+        objs.append(m)
+    names = [m.name for m in objs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InvalidInputError(f"measure {dup[0]!r} is listed twice; list each measure once")
+    if not objs:
+        raise InvalidInputError("no measures to run; name at least one")
+    return objs
+
+
+def _probe_object(probe: Any) -> tuple[Any, str]:
+    if isinstance(probe, (str, os.PathLike)):
+        from mechmoe.probes import load_probe
+
+        return load_probe(probe), os.fspath(probe)
+    names = getattr(probe, "relation_names", None)
+    return probe, ",".join(names) if names is not None else "prompts"
+
+
+def _device_kind(device: str | None, device_map: Any) -> str:
+    if device_map is not None:
+        return "device_map"
+    text = str(device or "cpu")
+    return text.split(":", 1)[0]
+
+
+def run_config(
+    source: CheckpointSource,
+    *,
+    name: str | None,
+    probe: Any,
+    probe_label: str,
+    dtype: str,
+    device: str | None,
+    device_map: Any,
+) -> dict[str, Any]:
+    """The fields recorded in (and compared against) a store's ``config.json``."""
+    described = source.describe()
+    default = described.get("repo") or Path(str(described.get("path", "model"))).name
+    return {
+        "model": name or default,
+        "source": described,
+        "probe": probe_label,
+        "probe_hash": probe_hash(probe),
+        "probe_items": len(probe),
+        "dtype": str(dtype),
+        "device": _device_kind(device, device_map),
+    }
+
+
+def sweep(
+    source: CheckpointSource,
+    *,
+    probe: Any,
+    measures: Sequence[Any],
+    out: str | os.PathLike[str],
+    name: str | None = None,
+    executor: Executor = "local",
+    workers: int = 1,
+    scheduler: str | None = None,
+    dtype: str = "float32",
+    device: str | None = "cpu",
+    device_map: str | dict[str, Any] | None = None,
+    threads: int | None = None,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+) -> SweepSummary:
+    """Run ``measures`` on every checkpoint of ``source`` into the store ``out``.
+
+    Parameters
+    ----------
+    source
+        A :class:`~mechmoe.trajectory.sources.CheckpointSource` (hub revisions, a local
+        folder or manifest), already carrying its selection.
+    probe
+        A probe set name or path (:func:`mechmoe.probes.load_probe`), a ProbeSet, or a
+        list of prompts; every measure gets the same one.
+    measures
+        Measure objects or registry names (:func:`mechmoe.trajectory.measures.get_measure`).
+    out
+        The store folder (``run.zarr``). An existing store of the same config is extended
+        (resumed); a store of another config is refused naming the field that differs;
+        ``overwrite=True`` starts it over.
+    name
+        The model name recorded in the store (default: the repo id or folder name).
+    executor, workers, scheduler
+        ``"local"``, or ``"dask"`` with ``workers`` local processes, or an existing
+        cluster at ``scheduler`` (then ``executor`` is ``"dask"`` whatever was given).
+    dtype, device, device_map
+        Passed to :func:`mechmoe.model.load` (``device_map="auto"`` spreads a large model
+        over the GPUs of a worker).
+    tokenizer
+        A tokenizer (folder, ``tokenizer.json`` or hub id) for checkpoints saved without
+        one; recorded in the store's config.
+    threads
+        torch threads per worker. Default: torch's own setting for the local executor, 1
+        for Dask workers (one model and one thread per worker process). Results agree to
+        the bit across executors when both run with the same thread count; on CPUs some
+        reductions differ in the last bits between thread counts.
+
+    Returns
+    -------
+    SweepSummary
+        Steps done, skipped (already complete), failed (with the error), duplicates.
+    """
+    t0 = time.perf_counter()
+    if scheduler:
+        executor = "dask"
+    if executor not in ("local", "dask"):
+        raise InvalidInputError(f"unknown executor {executor!r}; use 'local' or 'dask'")
+    if workers < 1:
+        raise InvalidInputError(f"workers={workers}: use at least one worker")
+    if executor == "local" and workers != 1:
+        raise InvalidInputError(
+            f"workers={workers} needs executor='dask' (the local executor runs one checkpoint at a time)"
+        )
+    measure_objs = _measure_objects(measures)
+    probe_obj, probe_label = _probe_object(probe)
+    prepare_output(out, kind=KIND, overwrite=overwrite, append=True)  # fail before any work
+    ckpts = source.checkpoints()
+    config = run_config(
+        source,
+        name=name,
+        probe=probe_obj,
+        probe_label=probe_label,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+    )
+    if tokenizer is not None:
+        config["tokenizer"] = str(tokenizer)
+    mconf = {m.name: _config_of(m) for m in measure_objs}
+    store = TrajectoryStore.create_or_open(out, config, mconf, overwrite=overwrite)
+    store.tidy()
+    summary = SweepSummary(store=store.path, ignored=list(getattr(source, "ignored", [])))
+    todo: list[tuple[Checkpoint, list[Any]]] = []
+    for c in ckpts:
+        summary.labels[c.step] = c.label or str(c.step)
+        if c.step in store.index.duplicates:
+            summary.duplicates[c.step] = store.index.original_of(c.step)
+            continue
+        done = store.index.done(c.step)
+        missing = [m for m in measure_objs if m.name not in done]
+        if missing:
+            todo.append((c, missing))
+        else:
+            summary.skipped.append(c.step)
+    options = dict(dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer)
+    title = f"sweep {config['model']}"
+    with progress.task(title, total=len(todo)) as bar:
+
+        def record(res: CheckpointResult) -> None:
+            step = res.checkpoint.step
+            status = store.write(res)
+            summary.seconds[step] = res.seconds
+            if status == "duplicate":
+                summary.duplicates[step] = store.index.original_of(step)
+            elif status == "failed":
+                summary.failed[step] = str(store.index.failures.get(step, {}).get("error"))
+                if res.datasets:
+                    summary.done.append(step)
+            else:
+                summary.done.append(step)
+            # a later step stored earlier may just have become a duplicate of this one
+            for s in list(summary.done):
+                if s in store.index.duplicates:
+                    summary.done.remove(s)
+                    summary.duplicates[s] = store.index.original_of(s)
+            bar.update(
+                description=f"{title}: {summary.labels[step]} {status} in {res.seconds:.1f} s"
+            )
+            bar.advance()
+
+        if executor == "local":
+            for c, missing in todo:
+                res = measure_checkpoint(
+                    c, missing, probe_obj, known_hashes=_known(store), threads=threads, **options
+                )
+                record(res)
+        else:
+            _run_dask(todo, probe_obj, store, record, workers, scheduler, threads or 1, options)
+    summary.done.sort()
+    summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+def _config_of(measure: Any) -> dict[str, Any]:
+    import json
+
+    return json.loads(options_json(measure.config()))
+
+
+def _known(store: TrajectoryStore) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for step, h in sorted(store.index.hashes().items()):
+        out.setdefault(h, step)
+    return out
+
+
+def _run_dask(
+    todo: list[tuple[Checkpoint, list[Any]]],
+    probe: Any,
+    store: TrajectoryStore,
+    record: Any,
+    workers: int,
+    scheduler: str | None,
+    threads: int,
+    options: dict[str, Any],
+) -> None:
+    if not todo:
+        return
+    import logging
+
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise InvalidInputError(
+                f"cannot reach the Dask scheduler at {scheduler!r} ({_one_line(exc)}); "
+                "check the address and that the scheduler runs"
+            ) from None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    try:
+        known = _known(store)
+        futures = {}
+        for c, missing in todo:
+            fut = client.submit(
+                measure_checkpoint,
+                c,
+                missing,
+                probe,
+                known_hashes=known,
+                threads=threads,
+                pure=False,
+                **options,
+            )
+            futures[fut] = c
+        for fut in as_completed(list(futures)):
+            c = futures.pop(fut)
+            try:
+                res = fut.result()
+            except Exception as exc:  # the worker died (out of memory, killed)
+                res = CheckpointResult(
+                    c, error=f"worker lost on {c.label}: {_one_line(exc)}", traceback=_trace(exc)
+                )
+            fut.release()
+            record(res)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+__all__ = [
+    "CheckpointResult",
+    "ParameterNorm",
+    "SweepSummary",
+    "measure_checkpoint",
+    "run_config",
+    "sweep",
+]
