@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mechmoe adapters check
+	$(BIN)/mechmoe demo
 
 # The report test renders the HTML page in a real browser: Debian's chromium.
 browser:

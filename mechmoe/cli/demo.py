@@ -1,0 +1,68 @@
+"""``mechmoe demo``: the miniature study, end to end (what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mechmoe.cli._common import console, run_user_errors
+
+
+@run_user_errors
+def demo(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Report folder (default: in the cache, replaced each run)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier report at --out.")
+    ] = False,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Cache root (default: $MECHMOE_CACHE or the user cache)."),
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for training.", min=1)] = 2,
+) -> None:
+    """Pre-train a tiny MoE and a tiny dense model (cached), sweep every measure over their
+    checkpoints, and write a report comparing them; print the headline table."""
+    from dataclasses import replace
+
+    from rich.table import Table
+
+    from mechmoe.zoo.demo import DemoConfig, format_headline_rows, run_demo
+    from mechmoe.zoo.pretrain import ZooConfig
+
+    config = DemoConfig(zoo=replace(ZooConfig(), threads=threads))
+    result = run_demo(config, root=root, out=out, overwrite=overwrite)
+    table = Table(title="miniature study: MoE vs dense (measured)")
+    table.add_column("measure")
+    table.add_column("MoE", justify="right")
+    table.add_column("dense", justify="right")
+    for row in format_headline_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    checks = Table(title="does the miniature show the paper's pattern?")
+    for col in ("paper's claim", "measured here", "holds?"):
+        checks.add_column(col)
+    for claim, measured, verdict in result.checks:
+        style = {"yes": "green", "no": "red"}.get(verdict, "")
+        checks.add_row(claim, measured, f"[{style}]{verdict}[/]" if style else verdict)
+    console.print(checks)
+    shown = sum(v == "yes" for _, _, v in result.checks)
+    if shown < len(result.checks):
+        console.print(
+            f"The miniature shows {shown} of {len(result.checks)} of the paper's claims; the report "
+            "says which, with the measurements."
+        )
+    s = result.seconds
+    console.print(
+        f"time: zoo {s['zoo']:.0f} s, sweep {s['sweep']:.0f} s "
+        f"({result.swept['moe'] + result.swept['dense']} checkpoints measured), report "
+        f"{s['report']:.0f} s, total {s['total']:.0f} s",
+        highlight=False,
+    )
+    console.print(f"report: {result.report}", highlight=False, soft_wrap=True)

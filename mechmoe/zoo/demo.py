@@ -1,0 +1,281 @@
+"""The miniature study end to end: zoo → trajectory sweep of both models → statistics → report.
+
+:func:`run_demo` is what ``mechmoe demo`` (and ``make demo``) runs. Every stage is cached
+under :func:`mechmoe.zoo.pretrain.cache_root`: the trained zoo, and one trajectory store
+per model (a resumed sweep skips the checkpoints already measured), so a second run only
+redraws the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechmoe.core import progress
+from mechmoe.errors import InvalidInputError
+from mechmoe.zoo.corpus import MAIN_RELATION, build_corpus
+from mechmoe.zoo.pretrain import KINDS, Zoo, ZooConfig, cache_root, pretrain
+
+#: Labels of the two runs in the table and the report.
+RUN_NAMES = {"moe": "MoE (OLMoE architecture)", "dense": "dense (OLMo architecture)"}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo measures; its digest names the cache folder of the sweeps.
+
+    Attributes
+    ----------
+    zoo
+        The pair to train (:class:`~mechmoe.zoo.pretrain.ZooConfig`).
+    probe_relations, probe_per_relation
+        The held-out probe subset every measure uses (facts spread over frequency ranks).
+        Continents are left out: with six possible answers HIT@10 says nothing.
+    robustness_ns, robustness_seeds
+        Head counts masked, and random-control seeds.
+    n_masked
+        The masked-head count the headline drop is read at. The miniature has
+        ``layers × heads`` = 16 heads; the paper masks 10 of OLMoE's 256 (about 4%).
+    q, tau
+        Backbone fraction and consolidation threshold.
+    """
+
+    zoo: ZooConfig = field(default_factory=ZooConfig)
+    probe_relations: tuple[str, ...] = (MAIN_RELATION, "country_capital_city")
+    probe_per_relation: int = 32
+    robustness_ns: tuple[int, ...] = (1, 2, 4, 8)
+    robustness_seeds: int = 5
+    n_masked: int = 2
+    q: float = 0.01
+    tau: float = 0.9
+
+    @property
+    def digest(self) -> str:
+        data = asdict(self)
+        data["zoo"] = self.zoo.digest
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class DemoResult:
+    """Where everything went, the headline figures and the timings of one demo run."""
+
+    zoo: Zoo
+    stores: dict[str, Path]
+    report: Path
+    headlines: dict[str, dict[str, Any]]
+    checks: list[tuple[str, str, str]]
+    training: dict[str, dict[str, Any]]
+    seconds: dict[str, float]
+    swept: dict[str, int]
+
+
+def demo_measures(config: DemoConfig) -> list[Any]:
+    """Every built-in measure, with the demo's robustness and HIT options."""
+    from mechmoe.trajectory.measures import DEFAULT_MEASURES, get_measure
+
+    options: dict[str, dict[str, Any]] = {
+        "robustness": dict(ns=config.robustness_ns, seeds=config.robustness_seeds, k=10),
+        "hit": dict(ks=(1, 10)),
+    }
+    return [get_measure(name, **options.get(name, {})) for name in DEFAULT_MEASURES]
+
+
+def demo_dir(config: DemoConfig, root: str | Path | None = None) -> Path:
+    """The folder of the demo's stores and default report."""
+    base = Path(root) if root is not None else cache_root()
+    return base / "demo" / config.digest
+
+
+def run_demo(
+    config: DemoConfig | None = None,
+    *,
+    root: str | Path | None = None,
+    out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    executor: str = "local",
+    workers: int = 1,
+    scheduler: str | None = None,
+) -> DemoResult:
+    """Run the miniature study and write its report.
+
+    Parameters
+    ----------
+    config
+        What to train and measure (default :class:`DemoConfig`).
+    root
+        Cache root (default :func:`~mechmoe.zoo.pretrain.cache_root`): the zoo goes to
+        ``root/zoo``, the stores and the default report to ``root/demo/<digest>``.
+    out
+        Report folder (default: ``report`` in the demo folder, replaced on each run). An
+        existing report elsewhere is replaced only with ``overwrite=True``.
+    executor, workers, scheduler
+        How the sweep runs (:func:`mechmoe.trajectory.sweep`): locally, or on Dask.
+
+    Returns
+    -------
+    DemoResult
+    """
+    from mechmoe.analysis import headline, summarize_run
+    from mechmoe.report import build_report, pattern_checks
+    from mechmoe.trajectory import LocalCheckpoints, open_store, sweep
+
+    config = config or DemoConfig()
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    zoo_root = Path(root) / "zoo" if root is not None else None
+    zoo = pretrain(config.zoo, root=zoo_root)
+    seconds["zoo"] = time.perf_counter() - t0
+
+    folder = demo_dir(config, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = build_corpus(config.zoo.corpus)
+    probe = corpus.probe_set(config.probe_relations, per_relation=config.probe_per_relation)
+    measures = demo_measures(config)
+    stores: dict[str, Path] = {}
+    swept: dict[str, int] = {}
+    t1 = time.perf_counter()
+    with progress.task("sweep both models", total=len(KINDS)) as bar:
+        for kind in KINDS:
+            store = folder / f"{kind}.zarr"
+            summary = sweep(
+                LocalCheckpoints(zoo.checkpoints_dir(kind)),
+                probe=probe,
+                measures=measures,
+                out=store,
+                name=f"miniature {RUN_NAMES[kind]}",
+            )
+            stores[kind] = store
+            swept[kind] = len(summary.done)
+            if summary.failed:
+                step, error = sorted(summary.failed.items())[0]
+                raise InvalidInputError(
+                    f"the sweep of the {kind} model failed at {len(summary.failed)} checkpoint(s), "
+                    f"first at step {step}: {error}; run the demo again to retry them"
+                )
+            bar.advance()
+    seconds["sweep"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    datasets = {kind: open_store(stores[kind]) for kind in KINDS}
+    summaries = {
+        kind: summarize_run(ds, q=config.q, tau=config.tau, n_masked=config.n_masked)
+        for kind, ds in datasets.items()
+    }
+    headlines = {kind: headline(s) for kind, s in summaries.items()}
+    checks = pattern_checks(headlines["moe"], headlines["dense"])
+    training = {kind: zoo.log(kind) for kind in KINDS}
+    report_dir = Path(out) if out is not None else folder / "report"
+    report = build_report(
+        datasets["moe"],
+        datasets["dense"],
+        report_dir,
+        names=(RUN_NAMES["moe"], RUN_NAMES["dense"]),
+        title="mechmoe miniature study: a tiny MoE and a tiny dense model pre-trained here",
+        notes=_notes(zoo, training, config),
+        q=config.q,
+        tau=config.tau,
+        n_masked=config.n_masked,
+        overwrite=overwrite or out is None,
+    )
+    seconds["report"] = time.perf_counter() - t2
+    seconds["total"] = time.perf_counter() - t0
+    return DemoResult(zoo, stores, report, headlines, checks, training, seconds, swept)
+
+
+def _notes(zoo: Zoo, training: dict[str, dict[str, Any]], config: DemoConfig) -> list[str]:
+    cfg = zoo.config
+    k = cfg.eval_k
+    lines = [
+        f"Both models were pre-trained here from scratch by mechmoe (zoo {cfg.digest}) on a "
+        f"generated corpus of geographic facts (city → country for "
+        f"{len(build_corpus(cfg.corpus).facts_of(MAIN_RELATION))} cities, country → capital, "
+        "currency, language, continent), each fact stated with 16 training templates and repeated "
+        f"with a Zipf spread (exponent {cfg.corpus.zipf_exponent}), mixed with filler text. Same "
+        f"data order, {training['moe']['steps']} steps of {cfg.batch_size} × {cfg.seq_len} tokens "
+        "each, AdamW with a cosine schedule, on CPU.",
+        f"MoE: {cfg.layers} layers, hidden {cfg.hidden}, {cfg.n_experts} experts of width "
+        f"{cfg.expert_width}, top-{cfg.top_k}. Dense: the same with one MLP of width "
+        f"{cfg.dense_width}. Active parameters per token: MoE "
+        f"{training['moe']['active_params_per_token']:,}, dense "
+        f"{training['dense']['active_params_per_token']:,}.",
+    ]
+    for kind in KINDS:
+        log = training[kind]
+        main = log["checkpoints"][-1]["eval"].get(MAIN_RELATION, {})
+        lines.append(
+            f"{RUN_NAMES[kind]}: {log['steps_per_second']:.2f} steps/s, trained in "
+            f"{log['train_seconds']:.0f} s; final training loss "
+            f"{log['checkpoints'][-1]['train_loss']:.3f}; held-out HIT@{k} on {MAIN_RELATION} "
+            f"{main.get(f'hit@{k}', float('nan')):.3f} (guessing the {k} commonest answers: "
+            f"{log['answer_prior_hit'].get(MAIN_RELATION, float('nan')):.3f})."
+        )
+    lines.append(
+        f"The probe every measure uses: {config.probe_per_relation} facts per relation of "
+        f"{', '.join(config.probe_relations)}, asked with held-out templates that never occur in "
+        f"the training text. The headline drop masks the top {config.n_masked} of the "
+        f"{cfg.layers * cfg.heads} heads (the paper: 10 of several hundred)."
+    )
+    return lines
+
+
+def format_headline_rows(result: DemoResult) -> list[tuple[str, str, str]]:
+    """``(measure, MoE, dense)`` rows of the headline table (what the CLI prints)."""
+    import math
+
+    def pct(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
+
+    def step(x: float) -> str:
+        return "never" if math.isnan(x) else f"{x:g}"
+
+    h = result.headlines
+    q = h["moe"]["q"]
+    n = h["moe"]["n_masked"]
+    k = h["moe"]["hit_k"] or 10
+    main = MAIN_RELATION
+    zk = result.zoo.config.eval_k
+    rows = [
+        (
+            f"top-{100 * q:g}% backbone share",
+            pct(h["moe"]["backbone_share"]),
+            pct(h["dense"]["backbone_share"]),
+        ),
+        (
+            f"consolidation step (ρ vs final ≥ {h['moe']['tau']:g})",
+            step(h["moe"]["consolidation_step"]),
+            step(h["dense"]["consolidation_step"]),
+        ),
+        (
+            f"HIT@{k} drop, top-{n} heads masked",
+            pct(h["moe"]["hit_drop_top"]),
+            pct(h["dense"]["hit_drop_top"]),
+        ),
+        (
+            f"HIT@{k} drop, {n} random heads (control)",
+            pct(h["moe"]["hit_drop_random"]),
+            pct(h["dense"]["hit_drop_random"]),
+        ),
+        (
+            f"held-out HIT@{zk} {main}, last checkpoint",
+            f"{result.training['moe']['checkpoints'][-1]['eval'][main][f'hit@{zk}']:.3f}",
+            f"{result.training['dense']['checkpoints'][-1]['eval'][main][f'hit@{zk}']:.3f}",
+        ),
+    ]
+    return rows
+
+
+__all__ = [
+    "RUN_NAMES",
+    "DemoConfig",
+    "DemoResult",
+    "demo_dir",
+    "demo_measures",
+    "format_headline_rows",
+    "run_demo",
+]
