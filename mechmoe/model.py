@@ -8,8 +8,9 @@ that operations need as views in one canonical layout, and runs the capture pass
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -596,10 +597,31 @@ def load(
     load_kwargs: dict[str, Any] = {**kwargs, "dtype": torch_dtype}
     if device_map is not None:
         load_kwargs["device_map"] = device_map
-    hf = _hf_call(AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights")
+    with quiet_hf_progress():
+        hf = _hf_call(
+            AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights"
+        )
     if device_map is None:
         hf.to(dev)
     return Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)
+
+
+@contextlib.contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Hide transformers' own progress bars (weight loading, saving) for the duration.
+
+    mechmoe reports its own progress (the CLI's spinner, a sweep's per-checkpoint bar);
+    a second bar from transformers would interleave with it.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _architecture_from_config(config: Any) -> str:

@@ -379,20 +379,6 @@ def _torch_settings(threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
-@contextlib.contextmanager
-def _quiet_hf() -> Iterator[None]:
-    """Hide transformers' own progress bars (ours already shows the training)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _lr_at(config: ZooConfig, step: int, total: int) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio · lr`` (``step`` counts from 0)."""
     if step < config.warmup_steps:
@@ -414,6 +400,8 @@ def train_one(
     """Train the ``kind`` model, saving checkpoints into ``out_dir/checkpoints``; return its record."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from mechmoe.model import quiet_hf_progress
 
     total = total_steps(config, len(blocks))
     saves = set(checkpoint_steps(config, total))
@@ -464,7 +452,7 @@ def train_one(
                 name = checkpoint_name(done, tokens)
                 scores = hit_at_k(model, tokenizer, probe, ks=(1, config.eval_k))
                 path = ckpt_root / name
-                with _quiet_hf():
+                with quiet_hf_progress():
                     model.save_pretrained(path)
                     tokenizer.save_pretrained(path)
                 records.append(
