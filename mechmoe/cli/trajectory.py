@@ -98,10 +98,11 @@ def trajectory(
 ) -> None:
     """Run measures over a model's checkpoints into a resumable store.
 
-    Each checkpoint is loaded, measured, freed and written atomically; rerunning the same
+    Each checkpoint is loaded, measured, freed and written atomically. Rerunning the same
     command resumes, retries failed checkpoints, and adds new measures or checkpoints
-    without recomputing what is there. Exits 1 if a checkpoint failed (it is recorded in
-    the store and retried next time).
+    without recomputing what is there.
+
+    Exits 1 if a checkpoint failed: it is recorded in the store and retried next time.
     """
     from mechmoe.core.writer import prepare_output
     from mechmoe.errors import InvalidInputError
@@ -123,7 +124,6 @@ def trajectory(
         source = LocalCheckpoints(checkpoints, select=revisions or "all")
     else:
         source = HubRevisions(model, select=revisions or "all")
-    _quiet_transformers()
     summary = sweep(
         source,
         probe=probe_set,
@@ -167,13 +167,6 @@ def _probe(spec: str, items: int | None):  # type: ignore[no-untyped-def]
     if items is not None:
         probe = probe.head(items, per_relation=True)
     return probe
-
-
-def _quiet_transformers() -> None:
-    """The sweep draws its own progress bar; transformers' per-load bars only add noise."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
