@@ -111,7 +111,29 @@ class CheckpointSource(Protocol):
         dtype: str = "float32",
         device: str | None = "cpu",
         device_map: str | dict[str, Any] | None = None,
+        tokenizer: str | None = None,
     ) -> Model: ...
+
+
+class _LoadsByCheckpoint:
+    """The usual ``load``: a checkpoint that carries its path or repo loads itself.
+
+    A source with special loading (a remote store, renamed weights) overrides this; the
+    sweep always loads through the source.
+    """
+
+    def load(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        dtype: str = "float32",
+        device: str | None = "cpu",
+        device_map: str | dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+    ) -> Model:
+        return checkpoint.load(
+            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer
+        )
 
 
 # ---- names -------------------------------------------------------------------------
@@ -360,7 +382,7 @@ def list_hub_branches(repo: str) -> tuple[list[str], str]:
 
 
 @dataclass
-class HubRevisions:
+class HubRevisions(_LoadsByCheckpoint):
     """The ``step{N}-tokens{M}B`` branches of a hub repo, selected with a selection spec.
 
     Parameters
@@ -405,16 +427,6 @@ class HubRevisions:
                 f"{len(branches)} branches; it publishes no intermediate checkpoints"
             )
         return selection.apply(_check_unique(found, f"repo {self.repo!r}"))
-
-    def load(
-        self,
-        checkpoint: Checkpoint,
-        *,
-        dtype: str = "float32",
-        device: str | None = "cpu",
-        device_map: str | dict[str, Any] | None = None,
-    ) -> Model:
-        return checkpoint.load(dtype=dtype, device=device, device_map=device_map)
 
 
 # ---- local -------------------------------------------------------------------------
@@ -461,7 +473,7 @@ def _manifest_tokens(value: Any, where: str) -> float | None:
 
 
 @dataclass
-class LocalCheckpoints:
+class LocalCheckpoints(_LoadsByCheckpoint):
     """HF checkpoints in a local folder, or listed in a manifest file.
 
     Parameters
@@ -547,16 +559,6 @@ class LocalCheckpoints:
         if not found:
             raise ModelNotFoundError(f"manifest {str(manifest)!r} lists no checkpoints")
         return _check_unique(found, f"manifest {str(manifest)!r}")
-
-    def load(
-        self,
-        checkpoint: Checkpoint,
-        *,
-        dtype: str = "float32",
-        device: str | None = "cpu",
-        device_map: str | dict[str, Any] | None = None,
-    ) -> Model:
-        return checkpoint.load(dtype=dtype, device=device, device_map=device_map)
 
 
 __all__ = [

@@ -149,8 +149,12 @@ def measure_checkpoint(
     known_hashes: Mapping[str, int] | None = None,
     threads: int | None = None,
     tokenizer: str | None = None,
+    source: CheckpointSource | None = None,
 ) -> CheckpointResult:
     """Load one checkpoint, run ``measures`` on it and free it; never raises for a bad checkpoint.
+
+    The checkpoint is loaded through ``source.load`` (the sweep passes its source), or
+    :meth:`Checkpoint.load` when no source is given.
 
     A load failure or a failing measure is returned in ``error`` (with a traceback
     summary); the measures that succeeded are kept. When the weights hash is in
@@ -173,14 +177,16 @@ def measure_checkpoint(
                 device_map=device_map,
                 known_hashes=known_hashes,
                 tokenizer=tokenizer,
+                source=source,
             )
         finally:
             torch.set_num_threads(before)
     label = checkpoint.label or str(checkpoint.step)
     try:
-        model = checkpoint.load(
+        kw: dict[str, Any] = dict(
             dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer
         )
+        model = source.load(checkpoint, **kw) if source is not None else checkpoint.load(**kw)
     except Exception as exc:
         _free(device)
         return CheckpointResult(
@@ -447,11 +453,26 @@ def sweep(
         if executor == "local":
             for c, missing in todo:
                 res = measure_checkpoint(
-                    c, missing, probe_obj, known_hashes=_known(store), threads=threads, **options
+                    c,
+                    missing,
+                    probe_obj,
+                    known_hashes=_known(store),
+                    threads=threads,
+                    source=source,
+                    **options,
                 )
                 record(res)
         else:
-            _run_dask(todo, probe_obj, store, record, workers, scheduler, threads or 1, options)
+            _run_dask(
+                todo,
+                probe_obj,
+                store,
+                record,
+                workers,
+                scheduler,
+                threads or 1,
+                {**options, "source": source},
+            )
     summary.done.sort()
     summary.wall_seconds = time.perf_counter() - t0
     return summary

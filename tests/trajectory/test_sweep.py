@@ -106,6 +106,28 @@ def test_sweep_matches_direct_computation(tmp_path, ckpt_dir, tiny_checkpoints):
     assert ds["param_norm"].attrs["scale"] == 1.0
 
 
+@dataclass
+class LoggedSource(LocalCheckpoints):
+    """A source with its own loading: records each checkpoint it is asked for."""
+
+    loaded: list[int] | None = None
+
+    def load(self, checkpoint, **kw):
+        self.loaded.append(checkpoint.step)
+        return super().load(checkpoint, **kw)
+
+
+def test_sweep_loads_through_the_source(tmp_path, ckpt_dir):
+    """The sweep loads each checkpoint through ``source.load`` (the CheckpointSource
+    contract), so a source with special loading is honoured; results are unchanged."""
+    source = LoggedSource(ckpt_dir, loaded=[])
+    sweep(source, probe=PROMPTS, measures=[ParameterNorm()], out=tmp_path / "a.zarr")
+    assert source.loaded == [100, 200, 300]
+    sweep(LocalCheckpoints(ckpt_dir), probe=PROMPTS, measures=[ParameterNorm()],
+          out=tmp_path / "b.zarr")  # fmt: skip
+    assert open_store(tmp_path / "a.zarr").identical(open_store(tmp_path / "b.zarr"))
+
+
 def test_rerun_skips_and_adding_measures_or_checkpoints_computes_only_the_new(
     tmp_path, ckpt_dir, checkpoint_builder
 ):
