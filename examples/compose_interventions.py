@@ -14,7 +14,7 @@ import sys
 import torch
 
 import mechmoe
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.ops.attribution import attribute
 from mechmoe.ops.interventions import (
     BanExperts,

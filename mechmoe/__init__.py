@@ -1,31 +1,99 @@
 """mechmoe: where MoE and dense language models keep what they know.
 
-The public API is small: :func:`load` a model into a :class:`Model`, run
-:meth:`Model.capture`, check adapters with :func:`check_model`, and register new families
-with :func:`register_adapter`. Heavy libraries (torch, transformers, nnsight) are
-imported on first use so ``import mechmoe`` and ``mechmoe --help`` stay fast.
+The public API, in the order of a study: :func:`load` (or :func:`wrap` a TransformerLens
+bridge) a model into a :class:`Model`; measure it (:func:`attribute`, :func:`evaluate`,
+:func:`head_robustness`) with or without interventions (:class:`MaskHeads`,
+:class:`BanExperts`, … composed with ``+``); run measures over training checkpoints
+(:func:`sweep`, :func:`open_store`); summarise (:func:`summarize_run`) and report
+(:func:`build_report`). Extension points: :func:`register_adapter` (a model family),
+:func:`register_backend`, :func:`register_measure`, :func:`register_source`.
+
+Everything here is a re-export, so modules can move without breaking users. Heavy
+libraries (torch, transformers, nnsight, TransformerLens) are imported on first use, so
+``import mechmoe`` and ``mechmoe --help`` stay fast.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from mechmoe._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from mechmoe.adapters import AdapterSpec as AdapterSpec
+    from mechmoe.adapters import get_adapter as get_adapter
     from mechmoe.adapters import register_adapter as register_adapter
+    from mechmoe.analysis import summarize_run as summarize_run
+    from mechmoe.backends import available_backends as available_backends
+    from mechmoe.backends import register_backend as register_backend
+    from mechmoe.core.interventions import BanExperts as BanExperts
+    from mechmoe.core.interventions import ForceExperts as ForceExperts
+    from mechmoe.core.interventions import MaskHeads as MaskHeads
+    from mechmoe.core.interventions import ScaleGates as ScaleGates
+    from mechmoe.core.interventions import ScaleNeurons as ScaleNeurons
+    from mechmoe.core.interventions import SetTopK as SetTopK
+    from mechmoe.core.interventions import ZeroExperts as ZeroExperts
+    from mechmoe.core.interventions import ZeroNeurons as ZeroNeurons
+    from mechmoe.core.interventions import compose as compose
     from mechmoe.model import Model as Model
     from mechmoe.model import load as load
+    from mechmoe.model import register_source as register_source
+    from mechmoe.model import wrap as wrap
+    from mechmoe.ops.attribution import attribute as attribute
     from mechmoe.ops.conformance import check_model as check_model
+    from mechmoe.ops.results import open_result as open_result
+    from mechmoe.ops.results import save_result as save_result
+    from mechmoe.ops.robustness import head_robustness as head_robustness
+    from mechmoe.probes import ProbeSet as ProbeSet
+    from mechmoe.probes import evaluate as evaluate
+    from mechmoe.probes import load_probe as load_probe
+    from mechmoe.report import build_report as build_report
+    from mechmoe.trajectory import HubRevisions as HubRevisions
+    from mechmoe.trajectory import LocalCheckpoints as LocalCheckpoints
+    from mechmoe.trajectory import open_store as open_store
+    from mechmoe.trajectory import register_measure as register_measure
+    from mechmoe.trajectory import sweep as sweep
 
-_LAZY = {
-    "load": "mechmoe.model",
-    "Model": "mechmoe.model",
-    "AdapterSpec": "mechmoe.adapters",
-    "register_adapter": "mechmoe.adapters",
-    "get_adapter": "mechmoe.adapters",
-    "check_model": "mechmoe.ops.conformance",
+# public name -> (module, name there)
+_LAZY: dict[str, tuple[str, str]] = {
+    "load": ("mechmoe.model", "load"),
+    "Model": ("mechmoe.model", "Model"),
+    "register_source": ("mechmoe.model", "register_source"),
+    "wrap": ("mechmoe.model", "wrap"),
+    "register_backend": ("mechmoe.backends", "register_backend"),
+    "available_backends": ("mechmoe.backends", "available_backends"),
+    "AdapterSpec": ("mechmoe.adapters", "AdapterSpec"),
+    "register_adapter": ("mechmoe.adapters", "register_adapter"),
+    "get_adapter": ("mechmoe.adapters", "get_adapter"),
+    "check_model": ("mechmoe.ops.conformance", "check_model"),
+    "attribute": ("mechmoe.ops.attribution", "attribute"),
+    "save_result": ("mechmoe.ops.results", "save_result"),
+    "open_result": ("mechmoe.ops.results", "open_result"),
+    "head_robustness": ("mechmoe.ops.robustness", "head_robustness"),
+    "ProbeSet": ("mechmoe.probes", "ProbeSet"),
+    "evaluate": ("mechmoe.probes", "evaluate"),
+    "load_probe": ("mechmoe.probes", "load_probe"),
+    "sweep": ("mechmoe.trajectory", "sweep"),
+    "open_store": ("mechmoe.trajectory", "open_store"),
+    "register_measure": ("mechmoe.trajectory", "register_measure"),
+    "HubRevisions": ("mechmoe.trajectory", "HubRevisions"),
+    "LocalCheckpoints": ("mechmoe.trajectory", "LocalCheckpoints"),
+    "summarize_run": ("mechmoe.analysis", "summarize_run"),
+    "build_report": ("mechmoe.report", "build_report"),
+    **{
+        name: ("mechmoe.core.interventions", name)
+        for name in (
+            "BanExperts",
+            "ForceExperts",
+            "MaskHeads",
+            "ScaleGates",
+            "ScaleNeurons",
+            "SetTopK",
+            "ZeroExperts",
+            "ZeroNeurons",
+            "compose",
+        )
+    },
 }
 
 
@@ -33,16 +101,48 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'mechmoe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 __all__ = [
     "AdapterSpec",
+    "BanExperts",
+    "ForceExperts",
+    "HubRevisions",
+    "LocalCheckpoints",
+    "MaskHeads",
     "Model",
+    "ProbeSet",
+    "ScaleGates",
+    "ScaleNeurons",
+    "SetTopK",
+    "ZeroExperts",
+    "ZeroNeurons",
     "__version__",
+    "attribute",
+    "available_backends",
+    "build_report",
     "check_model",
+    "compose",
+    "evaluate",
     "get_adapter",
+    "head_robustness",
     "load",
+    "load_probe",
+    "open_result",
+    "open_store",
     "register_adapter",
+    "register_backend",
+    "register_measure",
+    "register_source",
+    "save_result",
+    "summarize_run",
+    "sweep",
+    "wrap",
 ]

@@ -1,53 +1,13 @@
-"""User-facing errors.
+"""mechmoe's error classes, importable as ``mechmoe.errors`` (they live in :mod:`mechmoe.core.errors`)."""
 
-Everything a user can cause (a wrong path, an unsupported model, a malformed prompt
-file) raises a :class:`MechmoeError` with one sentence that says what was wrong and how
-to fix it. The CLI prints that sentence and exits with status 2, without a traceback.
-"""
-
-from __future__ import annotations
-
-
-class MechmoeError(Exception):
-    """Base class of every error caused by the user's input."""
-
-
-class UnsupportedArchitectureError(MechmoeError):
-    """The model's architecture has no registered adapter."""
-
-
-class ModelNotFoundError(MechmoeError):
-    """A model name, path or revision does not exist."""
-
-
-class SpecMismatchError(MechmoeError):
-    """An adapter spec names a module or parameter the loaded model does not have."""
-
-
-class InvalidInputError(MechmoeError):
-    """Prompts, indices or options that cannot be used as given."""
-
-
-class DamagedFileError(InvalidInputError):
-    """A model, tokenizer or config file that exists but cannot be used as it is.
-
-    Truncated or garbage weights, a file named ``.gguf`` that is not one, a config whose
-    values contradict each other, an unreadable ``tokenizer.json``.
-    """
-
-
-class InvalidTypeError(InvalidInputError, TypeError):
-    """A Python argument of the wrong type (also a :class:`TypeError`)."""
-
-
-class OutputError(InvalidInputError):
-    """An output path that cannot be written safely, or a write that failed (disk full).
-
-    Raised before any work starts when the destination is unusable (missing or
-    unwritable folder, a file where a folder should go, something mechmoe did not
-    write), and after a failed write, which leaves nothing behind.
-    """
-
+from mechmoe.core.errors import DamagedFileError as DamagedFileError
+from mechmoe.core.errors import InvalidInputError as InvalidInputError
+from mechmoe.core.errors import InvalidTypeError as InvalidTypeError
+from mechmoe.core.errors import MechmoeError as MechmoeError
+from mechmoe.core.errors import ModelNotFoundError as ModelNotFoundError
+from mechmoe.core.errors import OutputError as OutputError
+from mechmoe.core.errors import SpecMismatchError as SpecMismatchError
+from mechmoe.core.errors import UnsupportedArchitectureError as UnsupportedArchitectureError
 
 __all__ = [
     "DamagedFileError",

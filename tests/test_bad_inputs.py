@@ -24,7 +24,7 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from mechmoe.errors import (
+from mechmoe.core.errors import (
     DamagedFileError,
     InvalidInputError,
     InvalidTypeError,

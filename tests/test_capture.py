@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.testing import DEFAULT_PROMPTS, MOE_FAMILIES, TINY_FAMILIES, tiny_model
 
 FIELDS = ("resid_pre", "heads", "attn_out", "resid_mid", "ffn_in", "acts", "ffn_out", "expert_gate")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mechmoe
-from mechmoe.errors import InvalidInputError, ModelNotFoundError, UnsupportedArchitectureError
+from mechmoe.core.errors import InvalidInputError, ModelNotFoundError, UnsupportedArchitectureError
 from mechmoe.testing import make_hub_cache, save_tiny, tiny_model
 
 

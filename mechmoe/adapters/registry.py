@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from mechmoe.adapters.spec import AdapterSpec
-from mechmoe.errors import UnsupportedArchitectureError
+from mechmoe.core.errors import UnsupportedArchitectureError
 
 ENTRY_POINT_GROUP = "mechmoe.adapters"
 

@@ -140,7 +140,7 @@ def config_value(config: Any, keys: ConfigKeys | float | bool, *, what: str) -> 
         value = getattr(config, key, _MISSING)
         if value is not _MISSING and value is not None:
             return value
-    from mechmoe.errors import SpecMismatchError
+    from mechmoe.core.errors import SpecMismatchError
 
     raise SpecMismatchError(
         f"the model config has no {what} (looked for {', '.join(keys)}); "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mechmoe._types import STEP
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import xarray as xr

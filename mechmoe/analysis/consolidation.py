@@ -29,7 +29,7 @@ import xarray as xr
 from mechmoe._types import STEP
 from mechmoe.analysis._common import measured_steps, require_step, unit_vector
 from mechmoe.analysis.distribution import top_count
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 #: Variables of :func:`consolidation` that hold one value per step.
 PER_STEP_VARS = (

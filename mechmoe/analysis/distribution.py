@@ -26,7 +26,7 @@ import xarray as xr
 
 from mechmoe._types import POPULATION, QUANTILE, STEP
 from mechmoe.analysis._common import measured_steps, require_step, unit_vector
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 #: Fractions :func:`backbone_curve` reports when none are given.
 DEFAULT_QS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)

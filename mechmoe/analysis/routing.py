@@ -27,7 +27,7 @@ import xarray as xr
 
 from mechmoe._types import EXPERT, EXPERT_B, LAYER, RELATION, SLOT, STEP, TOKEN
 from mechmoe.analysis._common import NotApplicableError
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 
 def _routing(ds: xr.Dataset, what: str) -> xr.DataArray:

@@ -34,8 +34,8 @@ from mechmoe.analysis.distribution import (
 )
 from mechmoe.analysis.robustness import robustness_curves
 from mechmoe.analysis.routing import coactivation, router_saturation, specialization
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import as_attrs, options_json, versions
-from mechmoe.errors import InvalidInputError
 
 #: ``attrs["mechmoe_result"]`` of a :func:`summarize_run` Dataset.
 SUMMARY_KIND = "trajectory_summary"

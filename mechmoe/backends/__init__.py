@@ -1,10 +1,22 @@
-"""How captures and interventions reach a model. Only ``backends.nnsight`` imports nnsight."""
+"""Backends: how a capture pass and its edits reach a model.
 
-from mechmoe.backends.base import SITES as SITES
-from mechmoe.backends.base import Batch as Batch
-from mechmoe.backends.base import Capture as Capture
-from mechmoe.backends.base import Edit as Edit
-from mechmoe.backends.base import EditContext as EditContext
-from mechmoe.backends.base import LayerCapture as LayerCapture
+:mod:`mechmoe.backends.base` holds the interface every backend implements and the
+registry that picks one by name; each other module here is one backend and the only
+place that imports its library (nnsight, TransformerLens).
+"""
 
-__all__ = ["SITES", "Batch", "Capture", "Edit", "EditContext", "LayerCapture"]
+from mechmoe.backends.base import Backend as Backend
+from mechmoe.backends.base import RawCapture as RawCapture
+from mechmoe.backends.base import RawLayer as RawLayer
+from mechmoe.backends.base import available_backends as available_backends
+from mechmoe.backends.base import get_backend as get_backend
+from mechmoe.backends.base import register_backend as register_backend
+
+__all__ = [
+    "Backend",
+    "RawCapture",
+    "RawLayer",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+]

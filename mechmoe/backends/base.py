@@ -1,162 +1,297 @@
-"""Backend-neutral data: the tokenized batch, the capture record and the edit protocol.
+"""The backend interface: what a backend must do, the registry that picks one by name,
+and the capture pass every operation calls.
 
-A backend runs *one* forward pass over a batch and fills a :class:`Capture`; edits
-(interventions) are applied during that same pass at named sites. Nothing here imports
-nnsight.
+A backend runs *one* forward pass over a :class:`~mechmoe.core.types.Batch`, gathers the
+quantities of the adapter spec at the batch's positions into a :class:`RawCapture`, and
+applies edits at the named sites (:mod:`mechmoe.core.edits`) during that same pass.
+Everything derived from weights (per-head vectors, neuron activations of the chosen
+experts, a shared expert's activations) is computed here, once, for every backend.
+
+Built-in backends: ``"nnsight"`` (:mod:`mechmoe.backends.nnsight`) and
+``"transformerlens"`` (:mod:`mechmoe.backends.transformerlens`). Third parties register
+theirs with :func:`register_backend` or through the entry-point group
+``mechmoe.backends`` (``name = "package.module:BackendClass"``). docs/backends.md shows a
+complete minimal backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+import difflib
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from jaxtyping import Bool, Float, Int
+import torch
+from jaxtyping import Float
 from torch import Tensor
 
-if TYPE_CHECKING:
-    import xarray as xr
+from mechmoe.core.edits import SITES, EditContext, needs_of, sites_of
+from mechmoe.core.errors import InvalidInputError, MechmoeError
+from mechmoe.core.interventions import as_edits
+from mechmoe.core.types import Batch, Capture, FFNWeights, LayerCapture, ModelView, RouterOutput
 
-    from mechmoe.model import Model
-
-Site = Literal["resid_pre", "heads", "router", "experts_out", "ffn_out"]
-SITES: tuple[Site, ...] = ("resid_pre", "heads", "router", "experts_out", "ffn_out")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Left-padded token ids of a batch of prompts, with the positions to capture.
-
-    ``positions[b, p]`` indexes the padded sequence; ``valid[b, p]`` is False where a
-    requested position falls on padding (only with ``positions="all"``).
-    """
-
-    prompts: tuple[str, ...]
-    input_ids: Int[Tensor, "batch seq"]
-    attention_mask: Int[Tensor, "batch seq"]
-    position_ids: Int[Tensor, "batch seq"]
-    positions: Int[Tensor, "batch pos"]
-    valid: Bool[Tensor, "batch pos"]
-
-    @property
-    def size(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.input_ids.shape[1])
+ENTRY_POINT_GROUP = "mechmoe.backends"
 
 
 @dataclass(frozen=True)
-class LayerCapture:
-    """What one decoder layer did at the captured positions.
+class RawLayer:
+    """What a backend gathered for one decoder layer at the batch's positions.
 
-    ``resid_pre`` is ``h[l-1]``; ``attn_out`` is ``A[l]`` (after any output norm) and
-    ``attn_raw`` the attention output projection before it; ``resid_mid`` is ``r[l]``;
-    ``ffn_in`` is the FFN input ``x`` (after its norm); ``ffn_raw`` the FFN module's output
-    and ``ffn_out`` is ``F[l]`` (after any output norm). ``head_z`` is each head's slice of
-    the output projection's input and ``heads`` each head's contribution through its slice
-    of ``W_O`` (no bias), in ``d_model`` space.
-
-    Routing: ``expert_idx``/``expert_gate`` are the chosen experts and the gate weights
-    the forward pass actually used, one per slot (dense layers: one slot, expert 0,
-    gate 1). ``acts`` are the chosen experts' neuron activations ``act(W_gate x) ⊙ W_up x``.
-    ``shared_acts``/``shared_gate`` describe a shared expert where the family has one.
+    Shapes are ``(batch, pos, …)``; ``router`` rows are ``batch·pos`` (the values the pass
+    actually used, after any router edit). ``z`` is the attention output projection's
+    input (``head·head_dim`` wide), ``attn_raw`` its output and ``attn_out`` the value
+    after the attention post-norm (``None`` where the spec has none); ``resid_mid`` is the
+    residual stream before the FFN's input norm, ``ffn_in`` the FFN's input, ``ffn_raw``
+    the FFN module's output and ``ffn_out`` the value after its post-norm (or ``None``).
     """
 
     resid_pre: Float[Tensor, "batch pos d_model"]
-    head_z: Float[Tensor, "batch pos head head_dim"]
-    heads: Float[Tensor, "batch pos head d_model"]
+    z: Float[Tensor, "batch pos hd"]
     attn_raw: Float[Tensor, "batch pos d_model"]
-    attn_out: Float[Tensor, "batch pos d_model"]
+    attn_out: Float[Tensor, "batch pos d_model"] | None
     resid_mid: Float[Tensor, "batch pos d_model"]
     ffn_in: Float[Tensor, "batch pos d_model"]
-    router_logits: Float[Tensor, "batch pos expert"] | None
-    expert_idx: Int[Tensor, "batch pos slot"]
-    expert_gate: Float[Tensor, "batch pos slot"]
-    acts: Float[Tensor, "batch pos slot neuron"]
-    shared_acts: Float[Tensor, "batch pos shared_neuron"] | None
-    shared_gate: Float[Tensor, "batch pos"] | None
+    router: RouterOutput | None
     ffn_raw: Float[Tensor, "batch pos d_model"]
-    ffn_out: Float[Tensor, "batch pos d_model"]
-    kind: Literal["moe", "dense"] = "dense"
+    ffn_out: Float[Tensor, "batch pos d_model"] | None
 
 
 @dataclass(frozen=True)
-class Capture:
-    """The record of one forward pass: per-layer captures, final residual and logits."""
+class RawCapture:
+    """A backend's record of one pass: one :class:`RawLayer` per layer, the final
+    residual (the final norm's input) and the logits, at the batch's positions."""
 
-    batch: Batch
-    layers: tuple[LayerCapture, ...]
+    layers: tuple[RawLayer, ...]
     final_resid: Float[Tensor, "batch pos d_model"]
     logits: Float[Tensor, "batch pos vocab"]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
-
-    def to_xarray(
-        self, *, include: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "ffn_out")
-    ) -> xr.Dataset:
-        """Residual-stream quantities as a labeled ``xarray.Dataset``.
-
-        Variables in ``include`` get dims ``(prompt, position, layer, d_model)``;
-        ``final_resid`` and ``logits`` are always included.
-        """
-        import numpy as np
-        import torch
-        import xarray as xr
-
-        from mechmoe._types import D_MODEL, LAYER, POSITION, PROMPT, VOCAB
-
-        data: dict[str, Any] = {}
-        for name in include:
-            stacked = torch.stack([getattr(lc, name) for lc in self.layers], dim=2)
-            data[name] = ((PROMPT, POSITION, LAYER, D_MODEL), stacked.detach().cpu().numpy())
-        data["final_resid"] = ((PROMPT, POSITION, D_MODEL), self.final_resid.detach().cpu().numpy())
-        data["logits"] = ((PROMPT, POSITION, VOCAB), self.logits.detach().cpu().numpy())
-        data["valid"] = ((PROMPT, POSITION), self.batch.valid.cpu().numpy())
-        data["token_index"] = ((PROMPT, POSITION), self.batch.positions.cpu().numpy())
-        coords = {
-            PROMPT: np.array(self.batch.prompts, dtype=object),
-            LAYER: np.arange(self.n_layers),
-        }
-        return xr.Dataset(data, coords=coords, attrs={k: str(v) for k, v in self.meta.items()})
 
 
-@dataclass
-class EditContext:
-    """What an edit may read when it runs at a site.
+class Backend(ABC):
+    """What a backend must do: one pass over a batch, with edits at named sites.
 
-    ``state`` holds, per layer, full ``(batch·seq, …)`` tensors seen earlier in the
-    same pass: ``"ffn_in"`` (the FFN input, flattened) and ``"routing"`` (the
-    ``(logits, weights, index)`` triple after any router edit).
+    Subclasses set :attr:`name` and :attr:`sites` (the edit sites they can apply) and
+    implement :meth:`run`. One instance serves one model; ``native`` is an object the
+    backend can reuse instead of building its own (an nnsight envoy, a TransformerLens
+    bridge the user already has).
+
+    :meth:`run` must, for each layer in execution order: apply the edits of a site to
+    its value (:func:`~mechmoe.core.edits.apply_edits`) before the model uses it; record
+    the FFN input (``ctx.record_ffn_in``, ``batch·seq`` rows) when ``"ffn_in" in
+    ctx.needs`` and the routing used (``ctx.record_routing``) when ``"routing" in
+    ctx.needs``, both before the layer's ``experts_out``/``ffn_out`` sites run; and gather
+    the :class:`RawLayer` values at ``batch.flat_positions()``.
+
+    :attr:`sites` is read from the instance, so a backend may narrow it for one model in
+    ``__init__`` (the TransformerLens backend drops ``experts_out`` where the bridge does
+    not reach the routed experts); :func:`capture` refuses edits at any other site by
+    name before the pass.
     """
 
-    model: Model
-    batch: Batch
-    state: dict[tuple[int, str], Any] = field(default_factory=dict)
+    name: ClassVar[str] = ""
+    #: The edit sites this backend can apply (class default; an instance may narrow it).
+    sites: frozenset[str] = frozenset(SITES)
+
+    def __init__(self, model: ModelView, native: Any = None) -> None:
+        self.model = model
+        self.native = native
+
+    @abstractmethod
+    def run(self, batch: Batch, edits: Sequence[Any], ctx: EditContext) -> RawCapture:
+        """One forward pass over ``batch`` with ``edits`` applied."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model.name})"
 
 
-@runtime_checkable
-class Edit(Protocol):
-    """An intervention applied inside the capture pass.
+# ---- registry --------------------------------------------------------------------------
 
-    ``sites`` names the sites it touches; ``validate`` checks it against a model
-    before any forward pass and raises :class:`mechmoe.errors.InvalidInputError`;
-    ``apply`` returns the new value for ``site`` at ``layer`` (or ``None`` to leave it).
+_BUILTIN: dict[str, tuple[str, str, str]] = {
+    # name: ("module:Class", the library it needs, how to install that library)
+    "nnsight": ("mechmoe.backends.nnsight:NnsightBackend", "nnsight", "pip install nnsight"),
+    "transformerlens": (
+        "mechmoe.backends.transformerlens:TransformerLensBackend",
+        "transformer_lens",
+        "pip install 'mechmoe[tl]' (TransformerLens 4.3)",
+    ),
+}
+_REGISTERED: dict[str, type[Backend] | str] = {}
 
-    Values by site: ``resid_pre`` ``(batch, seq, d_model)``; ``heads`` ``(batch, seq,
-    head, head_dim)`` (the output projection's input); ``router`` the triple
-    ``(logits (batch·seq, E), weights (batch·seq, k), index (batch·seq, k))``;
-    ``experts_out`` ``(batch·seq, d_model)``; ``ffn_out`` ``(batch, seq, d_model)``.
+
+def register_backend(name: str, backend: type[Backend] | str, *, replace: bool = False) -> None:
+    """Make ``backend`` (a :class:`Backend` subclass or a ``"module:Class"`` string)
+    available as ``load(..., backend=name)``."""
+    if not replace and (name in _REGISTERED or name in _BUILTIN):
+        raise InvalidInputError(
+            f"a backend named {name!r} is already registered; pass replace=True to override it"
+        )
+    _REGISTERED[name] = backend
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_backends() -> list[str]:
+    """Names of every known backend (whether or not its dependency is installed)."""
+    return sorted({*_BUILTIN, *_REGISTERED, *_entry_points()})
+
+
+def _missing(name: str, library: str, how: str) -> MechmoeError:
+    return MechmoeError(f"the {name!r} backend needs {library}, which is not installed: {how}")
+
+
+def _import(target: str, name: str) -> type[Backend]:
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as err:
+        if err.name and (module == err.name or module.startswith(err.name + ".")):
+            raise InvalidInputError(
+                f"backend {name!r} points to {target!r}, which does not exist"
+            ) from None
+        raise _missing(
+            name, repr(err.name), f"install the package that provides {err.name!r}"
+        ) from None
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name``."""
+    if not isinstance(name, str):
+        raise InvalidInputError(f"backend= takes a name, got {type(name).__name__}")
+    found = _REGISTERED.get(name)
+    if found is not None:
+        return found if not isinstance(found, str) else _import(found, name)
+    if name in _BUILTIN:
+        target, library, how = _BUILTIN[name]
+        # the library is imported lazily (it is slow to import), so check it is there now
+        if importlib.util.find_spec(library) is None:
+            raise _missing(name, library, how)
+        return _import(target, name)
+    eps = _entry_points()
+    if name in eps:
+        return _import(eps[name].value, name)
+    names = available_backends()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise InvalidInputError(f"unknown backend {name!r}{hint} Available: {', '.join(names)}")
+
+
+# ---- the capture pass ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def capture(model: Any, batch: Batch, *, interventions: Any = None) -> Capture:
+    """One forward pass of ``model``'s backend over ``batch`` with ``interventions`` applied.
+
+    Edits are validated against the model and checked against the backend's sites before
+    the pass; the backend records only what the edits need.
     """
+    backend: Backend = model.backend_impl
+    edits = as_edits(interventions)
+    for e in edits:
+        e.validate(model)
+    required = sites_of(edits)
+    if not model.dims.is_moe:  # a dense model has no router sites to reach
+        required -= {"router", "experts_out"}
+    missing = sorted(required - backend.sites)
+    if missing:
+        raise InvalidInputError(
+            f"the {backend.name!r} backend cannot edit at site {missing[0]!r} "
+            f"(it supports {', '.join(sorted(backend.sites)) or 'no edits'}); "
+            "load the model with another backend"
+        )
+    ctx = EditContext(model=model, batch=batch, needs=needs_of(edits))
+    raw = backend.run(batch, edits, ctx)
+    layers = tuple(_finish_layer(model, li, rl, batch.size) for li, rl in enumerate(raw.layers))
+    return Capture(
+        batch=batch,
+        layers=layers,
+        final_resid=raw.final_resid,
+        logits=raw.logits,
+        meta={
+            "model": model.name,
+            "revision": model.revision or "",
+            "adapter": model.spec.name,
+            "backend": backend.name,
+            "interventions": repr(edits) if edits else "",
+        },
+    )
 
-    sites: frozenset[str]
 
-    def validate(self, model: Model) -> None: ...
+def _finish_layer(model: ModelView, li: int, raw: RawLayer, B: int) -> LayerCapture:
+    """Derive per-head vectors and neuron activations from the gathered values."""
+    dims = model.dims
+    H, D = dims.n_heads, dims.head_dim
+    P = raw.z.shape[1]
+    head_z = raw.z.reshape(B, P, H, D)
+    w_o = model.W_O(li).reshape(-1, H, D)
+    heads = torch.einsum("bphk,dhk->bphd", head_z.to(w_o.dtype), w_o)
+    x = raw.ffn_in
+    weights = model.ffn_weights(li)
+    kind = model.layer_kind(li)
+    shared_acts = shared_gate = None
+    if kind == "moe":
+        if raw.router is None:
+            raise MechmoeError(f"the backend returned no routing for MoE layer {li}")
+        idx = raw.router.index.reshape(B, P, -1)
+        gate = raw.router.weights.reshape(B, P, -1)
+        router_logits = raw.router.logits.reshape(B, P, -1)
+        acts = _chosen_activations(weights, x, idx)
+        shared = model.shared_weights(li)
+        if shared is not None:
+            sw, g = shared
+            shared_acts = sw.activations(x.reshape(B * P, -1), 0).reshape(B, P, -1)
+            if g is not None:
+                shared_gate = torch.sigmoid(x @ g.T).reshape(B, P)
+    else:
+        idx = torch.zeros((B, P, 1), dtype=torch.long, device=x.device)
+        gate = torch.ones((B, P, 1), dtype=x.dtype, device=x.device)
+        router_logits = None
+        acts = weights.activations(x.reshape(B * P, -1), 0).reshape(B, P, 1, -1)
+    return LayerCapture(
+        resid_pre=raw.resid_pre,
+        head_z=head_z,
+        heads=heads,
+        attn_raw=raw.attn_raw,
+        attn_out=raw.attn_out if raw.attn_out is not None else raw.attn_raw,
+        resid_mid=raw.resid_mid,
+        ffn_in=x,
+        router_logits=router_logits,
+        expert_idx=idx,
+        expert_gate=gate,
+        acts=acts,
+        shared_acts=shared_acts,
+        shared_gate=shared_gate,
+        ffn_raw=raw.ffn_raw,
+        ffn_out=raw.ffn_out if raw.ffn_out is not None else raw.ffn_raw,
+        kind=kind,
+    )
 
-    def apply(self, site: str, layer: int, value: Any, ctx: EditContext) -> Any: ...
+
+def _chosen_activations(weights: FFNWeights, x: Tensor, idx: Tensor) -> Tensor:
+    """Activations of each chosen expert, grouped by expert so each weight is read once."""
+    B, P, K = idx.shape
+    flat_x = x.reshape(B * P, -1)
+    flat_idx = idx.reshape(B * P, K)
+    out = torch.zeros((B * P, K, weights.w_up.shape[1]), dtype=x.dtype, device=x.device)
+    for e in torch.unique(flat_idx).tolist():
+        rows, slots = torch.nonzero(flat_idx == e, as_tuple=True)
+        out[rows, slots] = weights.activations(flat_x[rows], e).to(out.dtype)
+    return out.reshape(B, P, K, -1)
 
 
-__all__ = ["SITES", "Batch", "Capture", "Edit", "EditContext", "LayerCapture", "Site"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "RawCapture",
+    "RawLayer",
+    "available_backends",
+    "capture",
+    "get_backend",
+    "register_backend",
+]

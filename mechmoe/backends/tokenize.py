@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mechmoe.backends.base import Batch
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
+from mechmoe.core.types import Batch
 
 if TYPE_CHECKING:
-    from mechmoe.model import Model
+    from mechmoe.core.types import ModelView as Model
 
 
 def _pad_id(tokenizer: Any) -> int:

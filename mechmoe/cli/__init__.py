@@ -62,7 +62,7 @@ _register()
 def _print_version(value: bool) -> bool:
     # A parameter callback runs while parsing, so `mechmoe --version` works without a command.
     if value:
-        from mechmoe import __version__
+        from mechmoe._version import __version__
 
         typer.echo(f"mechmoe {__version__}")
         raise typer.Exit()

@@ -36,6 +36,14 @@ TokenizerOpt = Annotated[
         "(for model folders without one, e.g. training checkpoints).",
     ),
 ]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Capture backend: nnsight (default) or transformerlens (pip install 'mechmoe[tl]'); "
+        "results agree to 1e-5.",
+    ),
+]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
@@ -51,7 +59,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def run_user_errors(fn: F) -> F:
-    """Turn a :class:`~mechmoe.errors.MechmoeError` into one line on stderr and exit 2.
+    """Turn a :class:`~mechmoe.core.errors.MechmoeError` into one line on stderr and exit 2.
 
     Also renders the command's progress (:mod:`mechmoe.core.progress`) on stderr: rich
     bars on a terminal, plain lines otherwise, the same way for every command.
@@ -59,8 +67,8 @@ def run_user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mechmoe.core.errors import MechmoeError
         from mechmoe.core.progress import rich_reporting
-        from mechmoe.errors import MechmoeError
 
         try:
             with rich_reporting(err_console):
@@ -75,16 +83,30 @@ def run_user_errors(fn: F) -> F:
 
 
 def load_model(
-    model: str, *, revision: str | None, device: str, dtype: str, tokenizer: str | None = None
+    model: str,
+    *,
+    revision: str | None,
+    device: str,
+    dtype: str,
+    tokenizer: str | None = None,
+    backend: str = "nnsight",
 ) -> Any:
     """Load with a spinner (loading real weights takes a while)."""
     from mechmoe.model import load
 
     with err_console.status(f"loading {model}…", spinner="dots"):
-        return load(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
+        return load(
+            model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            backend=backend,
+        )
 
 
 __all__ = [
+    "BackendOpt",
     "DeviceOpt",
     "DtypeOpt",
     "ModelArg",

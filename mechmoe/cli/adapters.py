@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from mechmoe.cli._common import (
+    BackendOpt,
     DeviceOpt,
     DtypeOpt,
     RevisionOpt,
@@ -60,6 +61,7 @@ def check_cmd(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     tokenizer: TokenizerOpt = None,
+    backend: BackendOpt = "nnsight",
     prompts: Annotated[
         Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")
     ] = None,
@@ -69,7 +71,7 @@ def check_cmd(
 ) -> None:
     """Check the five conformance identities and print the worst error of each."""
     from mechmoe.ops.conformance import IDENTITIES, check_model
-    from mechmoe.testing import TINY_FAMILIES
+    from mechmoe.zoo.tiny import TINY_FAMILIES
 
     names = models or [f"tiny:{f}" for f in TINY_FAMILIES]
     prompt_list = _read_prompts(prompts) if prompts else None
@@ -81,7 +83,14 @@ def check_cmd(
     table.add_column("result")
     all_ok = True
     for name in names:
-        model = load_model(name, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
+        model = load_model(
+            name,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            backend=backend,
+        )
         report = check_model(model, prompt_list, positions=positions)
         cells = []
         for r in report.results:

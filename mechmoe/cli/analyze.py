@@ -55,7 +55,7 @@ OverwriteOpt = Annotated[
 
 
 def _names(names: str | None, paths: list[Path]) -> list[str]:
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     if names is not None:
         out = [n.strip() for n in names.split(",")]
@@ -130,7 +130,7 @@ def analyze(
     from rich.table import Table
 
     from mechmoe.analysis import headline, summarize_run
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
     from mechmoe.ops.results import check_output_path, save_result
     from mechmoe.trajectory import open_store
 

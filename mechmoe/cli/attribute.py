@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mechmoe.cli._common import (
+    BackendOpt,
     DeviceOpt,
     DtypeOpt,
     ModelArg,
@@ -36,7 +37,7 @@ def read_prompts(
     ignored; a blank line inside the file, a line with an empty object or a second TAB,
     or a file that gives objects on some lines only, is an error naming the line.
     """
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     if not path.exists() or path.is_dir():
         raise InvalidInputError(f"prompt file {str(path)!r} does not exist or is a folder")
@@ -82,7 +83,7 @@ def read_prompts(
 
 
 def _parse_bytes(text: str) -> int:
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     s = text.strip().lower().removesuffix("b").removesuffix("i")
@@ -195,10 +196,11 @@ def attribute(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     tokenizer: TokenizerOpt = None,
+    backend: BackendOpt = "nnsight",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Score neurons, experts, heads or layers by (Gated-)LPI and print the top ones."""
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     if level not in CLI_LEVELS:
         raise InvalidInputError(f"--level {level!r}: use one of {', '.join(CLI_LEVELS)}")
@@ -233,7 +235,9 @@ def attribute(
             "--target gold needs gold objects: use an LRE .json, --probe, or prompt<TAB>object lines"
         )
 
-    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
+    handle = load_model(
+        model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer, backend=backend
+    )
     targets = None
     if target == "gold":
         from mechmoe.probes import gold_token_ids

@@ -25,19 +25,23 @@ def demo(
         Path | None,
         typer.Option("--root", help="Cache root (default: $MECHMOE_CACHE or the user cache)."),
     ] = None,
-    threads: Annotated[int, typer.Option("--threads", help="CPU threads for training.", min=1)] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="CPU cores to use: the two models train side by side and the sweeps measure "
+            "this many checkpoints at once, one thread each (1: all in this process).",
+            min=1,
+        ),
+    ] = 2,
 ) -> None:
     """Pre-train a tiny MoE and a tiny dense model (cached), sweep every measure over their
     checkpoints, and write a report comparing them; print the headline table."""
-    from dataclasses import replace
-
     from rich.table import Table
 
     from mechmoe.zoo.demo import DemoConfig, format_headline_rows, run_demo
-    from mechmoe.zoo.pretrain import ZooConfig
 
-    config = DemoConfig(zoo=replace(ZooConfig(), threads=threads))
-    result = run_demo(config, root=root, out=out, overwrite=overwrite)
+    result = run_demo(DemoConfig(), root=root, out=out, overwrite=overwrite, workers=workers)
     table = Table(title="miniature study: MoE vs dense (measured)")
     table.add_column("measure")
     table.add_column("MoE", justify="right")

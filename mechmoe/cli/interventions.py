@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from mechmoe.cli._common import (
+    BackendOpt,
     DeviceOpt,
     DtypeOpt,
     ModelArg,
@@ -52,7 +53,7 @@ def parse_pairs(
     values: list[str] | None, option: str, what: str = "expert"
 ) -> list[tuple[int, int]]:
     """``["3:12,3:14", "5:1"]`` → ``[(3, 12), (3, 14), (5, 1)]``; errors name the option."""
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     out: list[tuple[int, int]] = []
     for value in values or []:
@@ -74,7 +75,7 @@ def parse_pairs(
 
 def parse_scales(values: list[str] | None, option: str) -> dict[int, dict[int, float]]:
     """``["3:12=0.5"]`` → ``{3: {12: 0.5}}``."""
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     out: dict[int, dict[int, float]] = {}
     for value in values or []:
@@ -97,7 +98,7 @@ def parse_scales(values: list[str] | None, option: str) -> dict[int, dict[int, f
 
 def parse_top_k(value: str | None) -> list[Any]:
     """``"4"`` → ``[SetTopK(4)]``; ``"3:4,5:2"`` → one :class:`SetTopK` per layer."""
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
     from mechmoe.ops.interventions import SetTopK
 
     if value is None:
@@ -215,6 +216,7 @@ def probe(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     tokenizer: TokenizerOpt = None,
+    backend: BackendOpt = "nnsight",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Relational recall: HIT@k and MRR of each relation's gold objects."""
@@ -222,7 +224,9 @@ def probe(
 
     _check_out(out, overwrite)
     probe_set = _load_probe(relations, template, limit)
-    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
+    handle = load_model(
+        model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer, backend=backend
+    )
     ds = evaluate(handle, probe_set, k=k, batch_size=batch_size)
     console.print(_compare_table(f"{handle.name} — {len(probe_set)} items", {"": ds}, k))
     _save(ds, out, overwrite)
@@ -268,10 +272,11 @@ def mask_heads(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     tokenizer: TokenizerOpt = None,
+    backend: BackendOpt = "nnsight",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """HIT@k with attention heads masked: the top-N by LPI, given heads, or a grid vs random heads."""
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
     from mechmoe.ops.interventions import MaskHeads
 
     if sum(x is not None for x in (top, heads, grid)) != 1:
@@ -297,7 +302,9 @@ def mask_heads(
             raise InvalidInputError("--grid is empty: write head counts, e.g. 1,2,5,10,20")
     _check_out(out, overwrite)
     probe_set = _load_probe(relations, template, limit)
-    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
+    handle = load_model(
+        model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer, backend=backend
+    )
     if pairs is not None:
         MaskHeads(pairs).validate(handle)  # out-of-range heads fail before any evaluation
 
@@ -440,10 +447,11 @@ def route(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     tokenizer: TokenizerOpt = None,
+    backend: BackendOpt = "nnsight",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Change routing (ban, force, top-k, zero or scale experts) and compare predictions."""
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
     from mechmoe.ops.interventions import BanExperts, ForceExperts, ScaleGates, ZeroExperts, compose
 
     parts: list[Any] = []
@@ -474,14 +482,16 @@ def route(
             check_utf8(text, f"--prompt number {i}")
         texts = list(prompt)
     else:
-        from mechmoe.testing import DEFAULT_PROMPTS
+        from mechmoe.ops.conformance import DEFAULT_PROMPTS
 
         texts = list(DEFAULT_PROMPTS)
     if limit is not None:
         texts = texts[:limit]
     _check_out(out, overwrite)
     probe_set = _load_probe(relations, template, limit) if relations else None
-    handle = load_model(model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer)
+    handle = load_model(
+        model, revision=revision, device=device, dtype=dtype, tokenizer=tokenizer, backend=backend
+    )
     plan.validate(handle)
 
     ds = _route_predictions(handle, texts, plan, n_top=n_top, batch_size=batch_size)

@@ -41,7 +41,7 @@ def report(
     ] = False,
 ) -> None:
     """Write OUT/index.html (figures inlined) and one PNG per figure."""
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
     from mechmoe.report import build_report
 
     labels = None

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mechmoe.cli._common import DtypeOpt, OverwriteOpt, TokenizerOpt, console, run_user_errors
+from mechmoe.cli._common import (
+    BackendOpt,
+    DtypeOpt,
+    OverwriteOpt,
+    TokenizerOpt,
+    console,
+    run_user_errors,
+)
 
 #: Rows of the per-checkpoint table above which only failures and duplicates are listed.
 MAX_ROWS = 40
@@ -90,6 +97,7 @@ def trajectory(
         typer.Option("--threads", help="torch threads per worker (default: 1 on Dask).", min=1),
     ] = None,
     tokenizer: TokenizerOpt = None,
+    backend: BackendOpt = "nnsight",
     export_nc: Annotated[
         Path | None,
         typer.Option("--export-nc", help="Also write the whole store to this netCDF file."),
@@ -104,8 +112,8 @@ def trajectory(
 
     Exits 1 if a checkpoint failed: it is recorded in the store and retried next time.
     """
+    from mechmoe.core.errors import InvalidInputError
     from mechmoe.core.writer import prepare_output
-    from mechmoe.errors import InvalidInputError
     from mechmoe.trajectory import HubRevisions, LocalCheckpoints, sweep
     from mechmoe.trajectory.store import KIND, export_netcdf
 
@@ -138,6 +146,7 @@ def trajectory(
         device_map=device_map,
         threads=threads,
         tokenizer=tokenizer,
+        backend=backend,
         overwrite=overwrite,
     )
     _print_summary(summary)
@@ -149,7 +158,7 @@ def trajectory(
 
 
 def _measure_names(text: str) -> list[str]:
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
     from mechmoe.trajectory.measures import DEFAULT_MEASURES
 
     if text.strip().lower() == "all":

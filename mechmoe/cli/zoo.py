@@ -21,7 +21,14 @@ RootOpt = Annotated[
         "--root", help="Parent folder of zoos (default: $MECHMOE_CACHE/zoo or the user cache)."
     ),
 ]
-ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for training.", min=1)]
+ThreadsOpt = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help="CPU cores: with 2 or more the two models train at once, one thread each.",
+        min=1,
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the corpus, init and data order.")]
 StepsOpt = Annotated[
     int | None,
@@ -33,7 +40,7 @@ RetrainOpt = Annotated[
 
 
 def _kinds(kind: str) -> tuple[str, ...]:
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     if kind == "both":
         return ("moe", "dense")

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-from mechmoe import __version__ as _MECHMOE_VERSION
-from mechmoe.errors import InvalidInputError
+from mechmoe._version import __version__ as _MECHMOE_VERSION
+from mechmoe.core.errors import InvalidInputError
 
 Attr = str | int | float
 
@@ -40,6 +40,7 @@ RESERVED: frozenset[str] = frozenset(
         "model",
         "revision",
         "adapter",
+        "backend",
         "dtype",
         "step",
         "tokens",
@@ -249,6 +250,9 @@ def _model_attrs(model: Any, *, weights: bool | str) -> dict[str, Attr]:
     spec = getattr(model, "spec", None)
     if spec is not None and getattr(spec, "name", None):
         out["adapter"] = str(spec.name)
+    backend = getattr(model, "backend", None)
+    if isinstance(backend, str) and backend:
+        out["backend"] = backend
     dims = getattr(model, "dims", None)
     if dims is not None:
         out["is_moe"] = int(bool(dims.is_moe))
@@ -287,7 +291,7 @@ def provenance(
     model
         A :class:`mechmoe.Model` (or anything with ``name``/``revision``; a torch module
         for the weights hash), or ``None``. Gives ``model``, ``revision``, ``adapter``,
-        ``dtype``, ``is_moe``/``top_k``/``n_experts`` (1 for dense), ``step``/``tokens``
+        ``backend``, ``dtype``, ``is_moe``/``top_k``/``n_experts`` (1 for dense), ``step``/``tokens``
         when the handle carries them, and ``weights_hash``.
     probe
         A :class:`mechmoe.probes.ProbeSet` or a list of prompts: ``probe`` (relation names,

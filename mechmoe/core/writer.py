@@ -15,7 +15,7 @@ over time). The guarantees, documented for users in ``docs/files.md``:
   either the complete previous output or the complete new one.
 * On any exception, ``SIGINT`` or ``SIGTERM`` the temporary is removed (after zarr's
   background I/O has finished) and ``path`` is left as it was. A full disk or a denied
-  write becomes one :class:`~mechmoe.errors.OutputError`. Temporaries left by a process
+  write becomes one :class:`~mechmoe.core.errors.OutputError`. Temporaries left by a process
   that was killed outright (``SIGKILL``, power loss) carry its pid; the next writer of the
   same name removes them once that process is gone, and readers skip dot-names.
 
@@ -46,7 +46,7 @@ Examples
 >>> prepare_output(folder / "rel.json", kind="relation")
 Traceback (most recent call last):
 ...
-mechmoe.errors.OutputError: ... already holds a mechmoe relation; pass --overwrite ...
+mechmoe.core.errors.OutputError: ... already holds a mechmoe relation; pass --overwrite ...
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
 
-from mechmoe.errors import OutputError
+from mechmoe.core.errors import OutputError
 
 #: Name of the marker file inside a folder output.
 MARKER_NAME = ".mechmoe.json"
@@ -547,7 +547,7 @@ class Output:
 
     def _mark(self, tmp: Path, path: Path, *, folder: bool) -> None:
         if folder:
-            from mechmoe import __version__
+            from mechmoe._version import __version__
 
             info = {**marker(self.kind), "mechmoe_version": __version__}
             (tmp / MARKER_NAME).write_text(json.dumps(info) + "\n", encoding="utf-8")
@@ -645,7 +645,7 @@ def prepare_output(
 
     Raises
     ------
-    mechmoe.errors.OutputError
+    mechmoe.core.errors.OutputError
         The folder is missing or not writable, the path has the wrong form, or it holds
         something that must not be replaced (one line saying what to do).
     """

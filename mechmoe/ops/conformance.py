@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mechmoe.backends.base import Capture
+from mechmoe.core.types import Capture
 from mechmoe.model import Model
 from mechmoe.ops.norm import apply_norm
 
@@ -34,6 +34,14 @@ IDENTITIES: dict[str, str] = {
     "residual": "h[l-1]+A[l] = r[l], r[l]+F[l] = h[l]",
     "unembed": "W_U · norm(h[L]) = logits",
 }
+
+#: Prompts the identities run on when none are given: a few short relational sentences.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "The capital of France is",
+    "The opposite of hot is",
+    "Tokyo is a city in",
+    "A mixture of experts chooses a few experts for every",
+)
 
 _TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
@@ -120,8 +128,6 @@ def check_model(
     >>> check_model(tiny_model("olmoe")).passed
     True
     """
-    from mechmoe.testing import DEFAULT_PROMPTS
-
     prompts = list(prompts or DEFAULT_PROMPTS)
     tol = tolerance if tolerance is not None else _TOL.get(model.dtype, 1e-5)
     batch = model.tokenize(prompts, positions=positions)

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechmoe.model import NormParams
+from mechmoe.core.types import NormParams
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.writer import marker, prepare_output
-from mechmoe.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -169,7 +169,7 @@ def promoted_tokens(
     """
     import torch
 
-    from mechmoe.ops.attribution import _shape
+    from mechmoe.ops._lpi_scoring import _shape
 
     if expert == "shared":
         shared = model.shared_weights(layer)
@@ -227,7 +227,7 @@ def save_result(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool
     The data go to a temporary sibling which is renamed into place only once complete,
     so a failure or an interrupt leaves no partial output and keeps an earlier result.
     An earlier mechmoe result at ``path`` is replaced only with ``overwrite=True``;
-    anything else there is never touched (:class:`~mechmoe.errors.OutputError`).
+    anything else there is never touched (:class:`~mechmoe.core.errors.OutputError`).
     """
     path = Path(path)
     _check_suffix(path)

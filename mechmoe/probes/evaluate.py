@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.progress import task
 from mechmoe.core.provenance import provenance
-from mechmoe.errors import InvalidInputError
 from mechmoe.probes.probeset import ProbeSet
 from mechmoe.probes.tokens import gold_token_ids
 

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.probes.probeset import OBJECT_SEP, ProbeItem, ProbeSet, RelationMeta
 
 PLACEHOLDER = "{}"

@@ -27,7 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechmoe._types import ITEM, RELATION
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.probes.probeset import ALL, OBJECT_SEP, ProbeItem, ProbeSet
 
 

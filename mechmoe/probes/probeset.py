@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 #: Relation name reserved for the overall row of :func:`mechmoe.probes.summarize`.
 ALL = "all"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 
 def separator(prompt: str) -> str:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.writer import marker_line, prepare_output
-from mechmoe.errors import InvalidInputError
 from mechmoe.report.figures import FIGURES, FigureSpec, Run
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def build_report(
     Path
         The ``index.html`` file.
     """
-    from mechmoe import __version__
+    from mechmoe._version import __version__
     from mechmoe.analysis import headline, summarize_run
 
     out = prepare_output(out_dir, kind=REPORT_KIND, overwrite=overwrite, folder=True)

@@ -49,8 +49,8 @@ import numpy as np
 
 from mechmoe._types import EXPERT, HEAD, LAYER, N_MASKED, NEURON, RELATION, SEED, SLOT, TOKEN, K
 from mechmoe.core import progress
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import provenance
-from mechmoe.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -36,7 +36,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from mechmoe.errors import InvalidInputError, ModelNotFoundError
+from mechmoe.core.errors import InvalidInputError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from mechmoe.model import Model
@@ -73,15 +73,19 @@ class Checkpoint:
         device: str | None = "cpu",
         device_map: str | dict[str, Any] | None = None,
         tokenizer: str | None = None,
+        backend: str = "nnsight",
     ) -> Model:
         """Load this checkpoint with :func:`mechmoe.model.load`.
 
         ``tokenizer`` (a folder, ``tokenizer.json`` or hub id) is for checkpoints saved
-        without one.
+        without one; ``backend`` names the capture backend (``"nnsight"``,
+        ``"transformerlens"``).
         """
         from mechmoe.model import load
 
-        kw: dict[str, Any] = dict(dtype=dtype, device=device, device_map=device_map)
+        kw: dict[str, Any] = dict(
+            dtype=dtype, device=device, device_map=device_map, backend=backend
+        )
         if tokenizer is not None:
             kw["tokenizer"] = tokenizer
         if self.path is not None:
@@ -112,6 +116,7 @@ class CheckpointSource(Protocol):
         device: str | None = "cpu",
         device_map: str | dict[str, Any] | None = None,
         tokenizer: str | None = None,
+        backend: str = "nnsight",
     ) -> Model: ...
 
 
@@ -130,9 +135,10 @@ class _LoadsByCheckpoint:
         device: str | None = "cpu",
         device_map: str | dict[str, Any] | None = None,
         tokenizer: str | None = None,
+        backend: str = "nnsight",
     ) -> Model:
         return checkpoint.load(
-            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer
+            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer, backend=backend
         )
 
 

@@ -58,9 +58,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechmoe._types import STEP
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import RESERVED, as_attrs, options_json
 from mechmoe.core.writer import Output, prepare_output, recognize
-from mechmoe.errors import InvalidInputError
 from mechmoe.trajectory.sources import Checkpoint
 
 if TYPE_CHECKING:

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mechmoe._types import LAYER
 from mechmoe.core import progress
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import options_json, probe_hash, provenance, weights_hash
 from mechmoe.core.writer import prepare_output
-from mechmoe.errors import InvalidInputError
 from mechmoe.trajectory.sources import Checkpoint, CheckpointSource
 from mechmoe.trajectory.store import KIND, CheckpointResult, TrajectoryStore
 
@@ -150,6 +150,7 @@ def measure_checkpoint(
     threads: int | None = None,
     tokenizer: str | None = None,
     source: CheckpointSource | None = None,
+    backend: str = "nnsight",
 ) -> CheckpointResult:
     """Load one checkpoint, run ``measures`` on it and free it; never raises for a bad checkpoint.
 
@@ -178,13 +179,14 @@ def measure_checkpoint(
                 known_hashes=known_hashes,
                 tokenizer=tokenizer,
                 source=source,
+                backend=backend,
             )
         finally:
             torch.set_num_threads(before)
     label = checkpoint.label or str(checkpoint.step)
     try:
         kw: dict[str, Any] = dict(
-            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer
+            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer, backend=backend
         )
         model = source.load(checkpoint, **kw) if source is not None else checkpoint.load(**kw)
     except Exception as exc:
@@ -342,6 +344,7 @@ def sweep(
     device_map: str | dict[str, Any] | None = None,
     threads: int | None = None,
     tokenizer: str | None = None,
+    backend: str = "nnsight",
     overwrite: bool = False,
 ) -> SweepSummary:
     """Run ``measures`` on every checkpoint of ``source`` into the store ``out``.
@@ -371,6 +374,10 @@ def sweep(
     tokenizer
         A tokenizer (folder, ``tokenizer.json`` or hub id) for checkpoints saved without
         one; recorded in the store's config.
+    backend
+        The capture backend (``"nnsight"`` or ``"transformerlens"``). Results agree across
+        backends (to 1e-5), so a store may be extended with either; each dataset's attrs
+        record the backend that computed it.
     threads
         torch threads per worker. Default: torch's own setting for the local executor, 1
         for Dask workers (one model and one thread per worker process). Results agree to
@@ -424,7 +431,9 @@ def sweep(
             todo.append((c, missing))
         else:
             summary.skipped.append(c.step)
-    options = dict(dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer)
+    options = dict(
+        dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer, backend=backend
+    )
     title = f"sweep {config['model']}"
     with progress.task(title, total=len(todo)) as bar:
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 #: Cities kept per country (the most populous unambiguous ones).
 PER_COUNTRY = 4

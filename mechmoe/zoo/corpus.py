@@ -34,9 +34,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.probes import ProbeItem, ProbeSet, RelationMeta
 from mechmoe.probes.registry import DATA_DIR as PROBE_DATA
+from mechmoe.zoo.tokenizers import train_bpe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -50,7 +51,6 @@ MAIN_RELATION = "city_country"
 #: the answer type scores high); report HIT@1 / MRR for them, never HIT@10 in a headline.
 FEW_ANSWER_RELATIONS: frozenset[str] = frozenset({"country_continent"})
 
-PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 # Training templates: "{s}" is the subject, "{o}" the object.
 TRAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -215,7 +215,10 @@ class CorpusConfig:
         ``b`` as a fraction of ``n`` (a Zipf–Mandelbrot offset, so the head is not one
         fact); 0 is a plain Zipf law.
     head_count
-        Repetitions of the most frequent fact of each relation (before ``scale``).
+        Repetitions of the most frequent fact of each relation (before ``scale``). The
+        default is about the largest that keeps every relation's rarest facts under 10
+        repetitions (9 for the default relations), so the models see as many statements
+        as the Zipf shape allows while the tail stays rare.
     tail_count
         Fewest repetitions of a fact (before ``scale``, at least 1 after it).
     filler_fraction
@@ -229,7 +232,7 @@ class CorpusConfig:
     seed: int = 0
     zipf_exponent: float = 1.4
     zipf_offset: float = 0.05
-    head_count: int = 500
+    head_count: int = 590
     tail_count: int = 4
     filler_fraction: float = 0.15
     scale: float = 1.0
@@ -463,25 +466,7 @@ def train_tokenizer(corpus: Corpus, vocab_size: int = 2048) -> PreTrainedTokeniz
     Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2. Every probe prompt is then read as it appears
     in training (each training sentence also starts with ``<s>``).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[PAD, BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus.sentences, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, padding_side="left"
-    )
+    return train_bpe(corpus.sentences, vocab_size, prepend_bos=True)
 
 
 def token_stream(corpus: Corpus, tokenizer: Any) -> list[int]:

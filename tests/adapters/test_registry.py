@@ -13,7 +13,7 @@ from mechmoe.adapters import (
     registry,
     supported_architectures,
 )
-from mechmoe.errors import SpecMismatchError, UnsupportedArchitectureError
+from mechmoe.core.errors import SpecMismatchError, UnsupportedArchitectureError
 from mechmoe.testing import tiny_hf_model, tiny_tokenizer
 
 BUILTIN = {

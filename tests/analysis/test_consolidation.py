@@ -12,7 +12,7 @@ import xarray as xr
 
 from mechmoe.analysis import consolidation
 from mechmoe.analysis.consolidation import consolidation_step, top_set
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 # 4 steps × 4 neurons; the final checkpoint is [1, 2, 3, 4].
 S = np.array(

@@ -18,7 +18,7 @@ from mechmoe.analysis import (
     positive_updates,
 )
 from mechmoe.analysis.distribution import top_count
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 # 3 steps × 4 neurons; NaN = the neuron's expert was not chosen (counts as 0).
 # Δ(step 10) = [1, −1, 0, 0]   → positive part [1, 0, 0, 0]

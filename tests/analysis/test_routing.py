@@ -10,7 +10,7 @@ import xarray as xr
 
 from mechmoe.analysis import NotApplicableError, coactivation, router_saturation, specialization
 from mechmoe.analysis.testing import toy_store
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 nan = math.nan
 

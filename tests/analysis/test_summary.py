@@ -18,7 +18,7 @@ from mechmoe.analysis import (
     summarize_run,
 )
 from mechmoe.analysis.testing import toy_store
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 
 def same(a: dict, b: dict) -> bool:

@@ -24,6 +24,7 @@ import pytest
 import xarray as xr
 
 from mechmoe.core import writer
+from mechmoe.core.errors import InvalidInputError, OutputError
 from mechmoe.core.writer import (
     MARKER_KEY,
     MARKER_NAME,
@@ -33,7 +34,6 @@ from mechmoe.core.writer import (
     prepare_output,
     recognize,
 )
-from mechmoe.errors import InvalidInputError, OutputError
 from mechmoe.ops.results import open_result, save_result
 
 

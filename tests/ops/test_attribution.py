@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.ops.attribution import attribute
 from mechmoe.testing import DEFAULT_PROMPTS, MOE_FAMILIES, TINY_FAMILIES, tiny_model
 

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from mechmoe.errors import InvalidInputError, OutputError
+from mechmoe.core.errors import InvalidInputError, OutputError
 from mechmoe.ops.attribution import attribute
 from mechmoe.ops.results import open_result, promoted_tokens, save_result, top_items
 from mechmoe.testing import DEFAULT_PROMPTS, tiny_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.ops.attribution import BOUNDED_LEVELS, attribute
 from mechmoe.testing import DEFAULT_PROMPTS, tiny_model
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.ops.interventions import (
     BanExperts,
     ForceExperts,
@@ -188,7 +188,7 @@ def test_mask_heads_batch_mean_is_over_real_tokens(model):
 
 def test_mask_heads_mean_ignores_nan_on_pad_rows(model):
     """A NaN sitting on a pad row of the head input must not reach the mean."""
-    from mechmoe.backends.base import EditContext
+    from mechmoe.core.edits import EditContext
 
     batch = model.tokenize(PROMPTS)
     B, T = batch.input_ids.shape

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.ops.interventions import MaskHeads
 from mechmoe.ops.robustness import head_robustness, rank_heads
 from mechmoe.probes import evaluate, load_probe

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.probes import first_token_ids
 from mechmoe.probes.tokens import separator
 from mechmoe.testing import tiny_tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 
 
 def test_gold_line_messages_name_the_line_exactly(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.probes import ProbeItem, ProbeSet, list_probes, load_probe
 
 

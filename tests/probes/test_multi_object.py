@@ -166,7 +166,7 @@ def test_exact_duplicates_collapse_with_one_warning_and_a_note(lre_dir: Path) ->
 
 
 def test_object_with_the_join_character_is_refused(tmp_path: Path) -> None:
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     rel = dict(PRODUCT_BY_COMPANY, samples=[{"subject": "x", "object": "A|B"}])
     path = tmp_path / "bar.json"
@@ -223,7 +223,7 @@ def test_equal_first_tokens_tie_to_the_first_listed() -> None:
 
 
 def test_item_metrics_wants_one_id_per_object() -> None:
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     item = ProbeItem("r", "open", "closed", "p", objects=("closed", "shut"))
     with pytest.raises(InvalidInputError, match="has 2 gold object\\(s\\) but 1 target id"):

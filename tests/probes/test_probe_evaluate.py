@@ -83,7 +83,7 @@ def test_evaluate_batches_and_passes_interventions() -> None:
 
 
 def test_evaluate_rejects_bad_options() -> None:
-    from mechmoe.errors import InvalidInputError
+    from mechmoe.core.errors import InvalidInputError
 
     probe = load_probe("adj_antonym")
     with pytest.raises(InvalidInputError, match="batch_size"):

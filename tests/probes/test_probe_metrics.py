@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mechmoe._types import ITEM, RELATION
-from mechmoe.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.probes import ProbeItem, item_metrics, rank_and_logprob, summarize
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mechmoe.analysis.testing import toy_store
-from mechmoe.errors import OutputError
+from mechmoe.core.errors import OutputError
 from mechmoe.report import build_report, pattern_checks
 from mechmoe.report.figures import FIGURES
 

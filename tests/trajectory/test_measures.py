@@ -10,8 +10,8 @@ import pytest
 import torch
 import xarray as xr
 
+from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import probe_hash, weights_hash
-from mechmoe.errors import InvalidInputError
 from mechmoe.ops.attribution import attribute
 from mechmoe.ops.robustness import head_robustness
 from mechmoe.probes import evaluate, load_probe, summarize

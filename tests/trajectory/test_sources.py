@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mechmoe.errors import InvalidInputError, ModelNotFoundError
+from mechmoe.core.errors import InvalidInputError, ModelNotFoundError
 from mechmoe.trajectory.sources import (
     Checkpoint,
     HubRevisions,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mechmoe.errors import InvalidInputError, OutputError
+from mechmoe.core.errors import InvalidInputError, OutputError
 from mechmoe.trajectory import LocalCheckpoints, open_store, sweep
 from mechmoe.trajectory.sources import Checkpoint
 from mechmoe.trajectory.store import CheckpointResult, TrajectoryStore, export_netcdf

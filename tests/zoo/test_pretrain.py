@@ -83,6 +83,41 @@ def test_second_call_is_cached_and_training_is_deterministic(zoo, tmp_path):
     assert all((wa[k] == wb[k]).all() for k in wb)
 
 
+def test_side_by_side_workers_give_the_same_weights(zoo, tmp_path):
+    # threads=2 trains both models at once in worker processes; the weights must be the
+    # ones the in-process run (threads=1) made, since threads is not in the cache digest.
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    side = pretrain(replace(CFG, threads=2), root=tmp_path)
+    assert side.root.name == zoo.root.name
+    for kind in KINDS:
+        mine, theirs = side.log(kind), zoo.log(kind)
+        for field in ("train_loss", "eval"):
+            assert [c[field] for c in mine["checkpoints"]] == [
+                c[field] for c in theirs["checkpoints"]
+            ]
+        name = theirs["checkpoints"][-1]["name"]
+        wa = load_file(side.checkpoints_dir(kind) / name / "model.safetensors")
+        wb = load_file(zoo.checkpoints_dir(kind) / name / "model.safetensors")
+        assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wb)
+
+
+def test_a_worker_error_reaches_the_caller(zoo, tmp_path):
+    import torch
+
+    from mechmoe.zoo.pretrain import _train_side_by_side
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")  # the worker cannot create its checkpoints folder here
+    blocks = torch.zeros((CFG.batch_size * 2, CFG.seq_len), dtype=torch.long)
+    probe = load_corpus(zoo).probe_set(per_relation=2)
+    with pytest.raises(NotADirectoryError) as info:
+        _train_side_by_side(CFG, ["moe"], blocks, zoo.root / "tokenizer", probe, {"moe": blocker})
+    assert any("training the moe model" in note for note in info.value.__notes__)
+
+
 def test_interrupted_training_leaves_nothing_that_looks_done(tmp_path, monkeypatch):
     import mechmoe.zoo.pretrain as pt
 

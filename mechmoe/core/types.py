@@ -1,0 +1,257 @@
+"""mechmoe's value types: what every layer above passes around.
+
+Sizes (:class:`ModelDims`), weight views in one canonical layout (:class:`NormParams`,
+:class:`FFNWeights`), a tokenized :class:`Batch`, the record of one forward pass
+(:class:`Capture`, :class:`LayerCapture`), typed site values (:class:`RouterOutput`) and
+:class:`ModelView`, the part of the model handle that backends and edits may use. Nothing
+here imports a backend or anything of mechmoe above :mod:`mechmoe._types`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mechmoe._types import LayerKind, NormKind
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+@dataclass(frozen=True)
+class NormParams:
+    """A norm's parameters: ``weight``/``bias`` are ``None`` where the norm has none."""
+
+    kind: NormKind
+    weight: Tensor | None
+    bias: Tensor | None
+    eps: float
+
+
+@dataclass(frozen=True)
+class FFNWeights:
+    """FFN weights of one layer in one layout, as views (no copies).
+
+    ``w_gate``/``w_up`` are ``(expert, neuron, d_model)``, ``w_down`` is
+    ``(expert, d_model, neuron)``; a dense MLP has one expert. ``w_gate`` is ``None`` for
+    an ungated MLP, whose neurons are ``act(W_up x + b_up)``.
+    """
+
+    w_gate: Float[Tensor, "expert neuron d_model"] | None
+    w_up: Float[Tensor, "expert neuron d_model"]
+    w_down: Float[Tensor, "expert d_model neuron"]
+    b_up: Float[Tensor, "expert neuron"] | None
+    b_down: Float[Tensor, " d_model"] | None
+    act: Callable[[Tensor], Tensor]
+
+    def activations(self, x: Float[Tensor, "n d_model"], expert: int) -> Float[Tensor, "n neuron"]:
+        """Neuron activations of ``expert`` for inputs ``x``, computed from the weights."""
+        up = x @ self.w_up[expert].T
+        if self.b_up is not None:
+            up = up + self.b_up[expert]
+        if self.w_gate is None:
+            return self.act(up)
+        return self.act(x @ self.w_gate[expert].T) * up
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Sizes read once from the config and the weights. Per-layer tuples allow mixed MoE/dense stacks."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int | None
+    layer_kinds: tuple[LayerKind, ...]
+    n_experts: tuple[int, ...]
+    top_k: tuple[int, ...]
+    d_ffn: tuple[int, ...]
+    d_shared: tuple[int | None, ...]
+
+    @property
+    def is_moe(self) -> bool:
+        return "moe" in self.layer_kinds
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Left-padded token ids of a batch of prompts, with the positions to capture.
+
+    ``positions[b, p]`` indexes the padded sequence; ``valid[b, p]`` is False where a
+    requested position falls on padding (only with ``positions="all"``).
+    """
+
+    prompts: tuple[str, ...]
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    position_ids: Int[Tensor, "batch seq"]
+    positions: Int[Tensor, "batch pos"]
+    valid: Bool[Tensor, "batch pos"]
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def flat_positions(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Index tensors ``(bidx, pidx, flat)``, each ``(batch, pos)``, for gathering the
+        captured positions from ``(batch, seq, …)`` values (``x[bidx, pidx]``) or from
+        ``(batch·seq, …)`` rows (``x[flat]``)."""
+        pidx = self.positions
+        bidx = torch.arange(self.size, device=pidx.device)[:, None].expand_as(pidx)
+        return bidx, pidx, bidx * self.seq_len + pidx
+
+
+@dataclass(frozen=True)
+class LayerCapture:
+    """What one decoder layer did at the captured positions.
+
+    ``resid_pre`` is ``h[l-1]``; ``attn_out`` is ``A[l]`` (after any output norm) and
+    ``attn_raw`` the attention output projection before it; ``resid_mid`` is ``r[l]``;
+    ``ffn_in`` is the FFN input ``x`` (after its norm); ``ffn_raw`` the FFN module's output
+    and ``ffn_out`` is ``F[l]`` (after any output norm). ``head_z`` is each head's slice of
+    the output projection's input and ``heads`` each head's contribution through its slice
+    of ``W_O`` (no bias), in ``d_model`` space.
+
+    Routing: ``expert_idx``/``expert_gate`` are the chosen experts and the gate weights
+    the forward pass actually used, one per slot (dense layers: one slot, expert 0,
+    gate 1). ``acts`` are the chosen experts' neuron activations ``act(W_gate x) ⊙ W_up x``.
+    ``shared_acts``/``shared_gate`` describe a shared expert where the family has one.
+    """
+
+    resid_pre: Float[Tensor, "batch pos d_model"]
+    head_z: Float[Tensor, "batch pos head head_dim"]
+    heads: Float[Tensor, "batch pos head d_model"]
+    attn_raw: Float[Tensor, "batch pos d_model"]
+    attn_out: Float[Tensor, "batch pos d_model"]
+    resid_mid: Float[Tensor, "batch pos d_model"]
+    ffn_in: Float[Tensor, "batch pos d_model"]
+    router_logits: Float[Tensor, "batch pos expert"] | None
+    expert_idx: Int[Tensor, "batch pos slot"]
+    expert_gate: Float[Tensor, "batch pos slot"]
+    acts: Float[Tensor, "batch pos slot neuron"]
+    shared_acts: Float[Tensor, "batch pos shared_neuron"] | None
+    shared_gate: Float[Tensor, "batch pos"] | None
+    ffn_raw: Float[Tensor, "batch pos d_model"]
+    ffn_out: Float[Tensor, "batch pos d_model"]
+    kind: Literal["moe", "dense"] = "dense"
+
+
+@dataclass(frozen=True)
+class Capture:
+    """The record of one forward pass: per-layer captures, final residual and logits."""
+
+    batch: Batch
+    layers: tuple[LayerCapture, ...]
+    final_resid: Float[Tensor, "batch pos d_model"]
+    logits: Float[Tensor, "batch pos vocab"]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def to_xarray(
+        self, *, include: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "ffn_out")
+    ) -> xr.Dataset:
+        """Residual-stream quantities as a labeled ``xarray.Dataset``.
+
+        Variables in ``include`` get dims ``(prompt, position, layer, d_model)``;
+        ``final_resid`` and ``logits`` are always included.
+        """
+        import numpy as np
+        import torch
+        import xarray as xr
+
+        from mechmoe._types import D_MODEL, LAYER, POSITION, PROMPT, VOCAB
+
+        data: dict[str, Any] = {}
+        for name in include:
+            stacked = torch.stack([getattr(lc, name) for lc in self.layers], dim=2)
+            data[name] = ((PROMPT, POSITION, LAYER, D_MODEL), stacked.detach().cpu().numpy())
+        data["final_resid"] = ((PROMPT, POSITION, D_MODEL), self.final_resid.detach().cpu().numpy())
+        data["logits"] = ((PROMPT, POSITION, VOCAB), self.logits.detach().cpu().numpy())
+        data["valid"] = ((PROMPT, POSITION), self.batch.valid.cpu().numpy())
+        data["token_index"] = ((PROMPT, POSITION), self.batch.positions.cpu().numpy())
+        coords = {
+            PROMPT: np.array(self.batch.prompts, dtype=object),
+            LAYER: np.arange(self.n_layers),
+        }
+        return xr.Dataset(data, coords=coords, attrs={k: str(v) for k, v in self.meta.items()})
+
+
+@dataclass(frozen=True)
+class RouterOutput:
+    """What a router decided for every token row of a pass (rows are ``batch·seq``).
+
+    ``logits`` are the raw router scores over all experts; ``weights`` and ``index`` are the
+    gates and expert ids of the ``k`` slots the block uses. Edits at the ``router`` site
+    receive and return this record.
+    """
+
+    logits: Float[Tensor, "row expert"]
+    weights: Float[Tensor, "row slot"]
+    index: Int[Tensor, "row slot"]
+
+    def __iter__(self):  # unpacks as (logits, weights, index), the order HF routers return
+        return iter((self.logits, self.weights, self.index))
+
+    def rows(self, flat: Tensor) -> RouterOutput:
+        """The same record restricted to the token rows ``flat``."""
+        return RouterOutput(self.logits[flat], self.weights[flat], self.index[flat])
+
+
+@runtime_checkable
+class ModelView(Protocol):
+    """What backends, edits and value types may use of a model handle.
+
+    :class:`mechmoe.model.Model` implements it; the protocol lets the layers below the
+    handle name it without importing it.
+    """
+
+    name: str
+    revision: str | None
+    spec: Any  # the model's mechmoe.adapters.AdapterSpec
+    dims: ModelDims
+    hf: Any
+    tokenizer: Any
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def layer_kind(self, layer: int) -> LayerKind: ...
+
+    def ffn_weights(self, layer: int) -> FFNWeights: ...
+
+    def shared_weights(self, layer: int) -> tuple[FFNWeights, Tensor | None] | None: ...
+
+    def W_O(self, layer: int) -> Tensor: ...
+
+    def renormalizes(self) -> bool: ...
+
+    def module(self, layer: int, path: str) -> Any: ...
+
+
+__all__ = [
+    "Batch",
+    "Capture",
+    "FFNWeights",
+    "LayerCapture",
+    "ModelDims",
+    "ModelView",
+    "NormParams",
+    "RouterOutput",
+]

@@ -1,0 +1,26 @@
+"""The model handle (:mod:`mechmoe.model.handle`) and how handles are built
+(:mod:`mechmoe.model.loading`)."""
+
+from mechmoe.core.types import FFNWeights as FFNWeights
+from mechmoe.core.types import ModelDims as ModelDims
+from mechmoe.core.types import NormParams as NormParams
+from mechmoe.model.handle import Model as Model
+from mechmoe.model.handle import architecture_of as architecture_of
+from mechmoe.model.loading import available_sources as available_sources
+from mechmoe.model.loading import load as load
+from mechmoe.model.loading import quiet_hf_progress as quiet_hf_progress
+from mechmoe.model.loading import register_source as register_source
+from mechmoe.model.loading import wrap as wrap
+
+__all__ = [
+    "FFNWeights",
+    "Model",
+    "ModelDims",
+    "NormParams",
+    "architecture_of",
+    "available_sources",
+    "load",
+    "quiet_hf_progress",
+    "register_source",
+    "wrap",
+]

@@ -1,0 +1,183 @@
+"""Tiny random-weight models of every supported family: the zoo's named source ``tiny:``.
+
+Each family is one row of :data:`_CONFIGS` (its transformers config class and sizes);
+``mechmoe.load("tiny:olmoe")`` builds one in a fraction of a second, with no download.
+Weights are seeded and deliberately larger than HF's init, so identities that forget a
+norm scale or a gate fail loudly. The tokenizer is a small BPE trained in-process.
+
+Examples
+--------
+>>> from mechmoe.zoo.tiny import tiny_model
+>>> model = tiny_model("olmoe")
+>>> model.dims.n_layers, model.dims.n_experts[0], model.dims.top_k[0]
+(2, 8, 2)
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mechmoe.core.errors import InvalidInputError
+from mechmoe.zoo.tokenizers import train_bpe
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+    from mechmoe.model import Model
+
+#: The tokenizer's training text: a few relational sentences.
+CORPUS: tuple[str, ...] = (
+    "The capital of France is Paris.",
+    "The capital of Japan is Tokyo.",
+    "The capital of Italy is Rome.",
+    "The capital of Germany is Berlin.",
+    "Paris is a city in France. Tokyo is a city in Japan.",
+    "The opposite of hot is cold. The opposite of big is small.",
+    "The first letter of apple is a. The plural of mouse is mice.",
+    "Experts route tokens; neurons store facts; heads move information.",
+    "A mixture of experts chooses a few experts for every token.",
+)
+
+_COMMON: dict[str, Any] = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+_MOE: dict[str, Any] = dict(_COMMON, num_experts_per_tok=2)
+
+#: family -> (transformers config class, its arguments besides ``vocab_size``).
+#: Adding a family to the zoo is one row here (its adapter is one spec in mechmoe.adapters).
+_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "olmoe": ("OlmoeConfig", dict(_MOE, num_experts=8)),
+    "mixtral": ("MixtralConfig", dict(_MOE, num_local_experts=4)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts=6,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=40,
+            mlp_only_layers=[1],
+            norm_topk_prob=False,
+        ),
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(_MOE, num_experts=6, moe_intermediate_size=24, norm_topk_prob=True, head_dim=16),
+    ),
+    "olmo": ("OlmoConfig", _COMMON),
+    "olmo2": ("Olmo2Config", _COMMON),
+    "llama": ("LlamaConfig", _COMMON),
+    "qwen2": ("Qwen2Config", _COMMON),
+    "gpt2": (
+        "GPT2Config",
+        dict(
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            n_inner=48,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+    ),
+}
+
+TINY_FAMILIES: tuple[str, ...] = tuple(_CONFIGS)
+MOE_FAMILIES: tuple[str, ...] = tuple(
+    f for f, (_, kw) in _CONFIGS.items() if "num_experts_per_tok" in kw
+)
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on :data:`CORPUS` (pad=0, bos=1, eos=2)."""
+    return train_bpe(list(CORPUS) * 4, vocab_size)
+
+
+def _check_family(family: str) -> None:
+    if family not in _CONFIGS:
+        raise InvalidInputError(
+            f"no tiny model {family!r}; choose one of {', '.join(TINY_FAMILIES)}"
+        )
+
+
+def _config(family: str, vocab: int) -> Any:
+    import transformers as tf
+
+    _check_family(family)
+    cls, kwargs = _CONFIGS[family]
+    return getattr(tf, cls)(vocab_size=vocab, **kwargs)
+
+
+def tiny_hf_model(family: str, *, seed: int = 0) -> PreTrainedModel:
+    """A tiny random-weight HF model of ``family`` in fp32 eval mode.
+
+    Weights are redrawn with a larger scale than HF's init (and norm scales away from
+    one), so identities that ignore a γ or a gate fail loudly instead of by 1e-9.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    config = _config(family, len(tok))
+    config._experts_implementation = "eager"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name or "ln_" in name:
+                p.copy_(1.0 + 0.2 * noise) if name.endswith("weight") else p.copy_(0.1 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.05 * noise)
+            else:
+                fan_in = p.shape[-1] if p.ndim >= 2 else 1
+                p.copy_(noise / fan_in**0.5)
+    return model.eval()
+
+
+def tiny_model(family: str, *, seed: int = 0) -> Model:
+    """A :class:`mechmoe.Model` wrapping :func:`tiny_hf_model` and :func:`tiny_tokenizer`."""
+    from mechmoe.model import Model
+
+    return Model.from_hf(tiny_hf_model(family, seed=seed), tiny_tokenizer(), name=f"tiny:{family}")
+
+
+def save_tiny(family: str, path: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny model and its tokenizer as a local folder laid out like a hub repo."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tiny_hf_model(family, seed=seed).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def source(family: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """The named source ``tiny:FAMILY`` (see :func:`mechmoe.model.loading.register_source`)."""
+    _check_family(family)
+    return tiny_hf_model(family), tiny_tokenizer()
+
+
+__all__ = [
+    "CORPUS",
+    "MOE_FAMILIES",
+    "TINY_FAMILIES",
+    "save_tiny",
+    "source",
+    "tiny_hf_model",
+    "tiny_model",
+    "tiny_tokenizer",
+]

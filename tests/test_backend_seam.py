@@ -1,0 +1,154 @@
+"""The backend seam: the registry, named model sources, the curated namespace, and a
+third backend (examples/hooks_backend.py, plain PyTorch hooks) checked against nnsight."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechmoe
+from mechmoe.backends import base
+from mechmoe.core.errors import InvalidInputError, MechmoeError, ModelNotFoundError
+from mechmoe.core.interventions import BanExperts, MaskHeads, ScaleNeurons, SetTopK
+from mechmoe.testing import TINY_FAMILIES
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["The capital of France is", "Tokyo is a city in Japan and"]
+
+
+@pytest.fixture(scope="module")
+def hooks_backend():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from hooks_backend import HooksBackend
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    base.register_backend("hooks", HooksBackend, replace=True)
+    yield HooksBackend
+    base._REGISTERED.pop("hooks", None)
+
+
+def _max_diff(a, b) -> float:
+    worst = (a.logits - b.logits).abs().max().item()
+    worst = max(worst, (a.final_resid - b.final_resid).abs().max().item())
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        for field in ("resid_pre", "heads", "attn_out", "resid_mid", "ffn_in", "acts", "ffn_out"):
+            worst = max(worst, (getattr(la, field) - getattr(lb, field)).abs().max().item())
+        assert torch.equal(la.expert_idx, lb.expert_idx)
+        worst = max(worst, (la.expert_gate - lb.expert_gate).abs().max().item())
+    return worst
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_hooks_backend_matches_nnsight(family, hooks_backend):
+    ref = mechmoe.load(f"tiny:{family}")
+    other = mechmoe.load(f"tiny:{family}", backend="hooks")
+    assert other.backend == "hooks" and isinstance(other.backend_impl, hooks_backend)
+    plans = [None, MaskHeads({0: [1]}) + MaskHeads({1: [0, 2]}, mode="mean")]
+    if ref.layer_kind(1) == "dense" and ref.layer_kind(0) == "dense":
+        plans.append(ScaleNeurons({(1, 0, 3): 2.0, (0, 0, 1): 0.0}))
+    for plan in plans:
+        a = ref.capture(PROMPTS, positions="all", interventions=plan)
+        b = other.capture(PROMPTS, positions="all", interventions=plan)
+        assert b.meta["backend"] == "hooks"
+        assert _max_diff(a, b) <= 1e-6, (family, plan)
+
+
+def test_a_backend_lacking_a_site_says_so_before_the_pass(hooks_backend, monkeypatch):
+    model = mechmoe.load("tiny:olmoe", backend="hooks")
+    ran = []
+    monkeypatch.setattr(hooks_backend, "run", lambda *a, **k: ran.append(1))
+    with pytest.raises(InvalidInputError, match=r"'hooks' backend cannot edit at site 'router'"):
+        model.capture(PROMPTS, interventions=BanExperts({0: [1]}) + SetTopK(3))
+    assert not ran
+
+
+def test_edits_declare_what_they_need():
+    assert MaskHeads({0: [1]}).needs == frozenset()
+    assert BanExperts({0: [1]}).needs == frozenset()
+    assert ScaleNeurons({(0, 0, 1): 2.0}).needs == {"ffn_in", "routing"}
+    assert (MaskHeads({0: [1]}) + ScaleNeurons({(0, 0, 1): 2.0})).needs == {"ffn_in", "routing"}
+
+
+def test_a_lone_head_mask_keeps_no_ffn_input(monkeypatch):
+    """The pass records the FFN input only for edits that read it."""
+    from mechmoe.core.edits import EditContext
+
+    recorded = []
+    original = EditContext.record_ffn_in
+    monkeypatch.setattr(
+        EditContext,
+        "record_ffn_in",
+        lambda self, li, x: recorded.append(li) or original(self, li, x),
+    )
+    model = mechmoe.load("tiny:olmoe")
+    model.capture(PROMPTS, interventions=MaskHeads({0: [1]}))
+    assert recorded == []
+    model.capture(PROMPTS, interventions=ScaleNeurons({(1, 2, 3): 2.0}))
+    assert recorded == [0, 1]
+
+
+def test_backend_registry_errors():
+    with pytest.raises(InvalidInputError, match="did you mean 'nnsight'"):
+        mechmoe.load("tiny:llama", backend="nnsigt")
+    with pytest.raises(InvalidInputError, match="already registered"):
+        base.register_backend("nnsight", base.Backend)
+    assert {"nnsight", "transformerlens"} <= set(mechmoe.available_backends())
+
+
+def test_missing_backend_library_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformer_lens" else real(name, *a),
+    )
+    with pytest.raises(MechmoeError, match=r"needs transformer_lens.*pip install 'mechmoe\[tl\]'"):
+        mechmoe.load("tiny:llama", backend="transformerlens")
+
+
+def test_backends_from_entry_points(monkeypatch, hooks_backend):
+    from importlib.metadata import EntryPoint
+
+    ep = EntryPoint("viahooks", "hooks_backend:HooksBackend", base.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(base, "_entry_points", lambda: {"viahooks": ep})
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    assert base.get_backend("viahooks").__name__ == "HooksBackend"
+    broken = EntryPoint("broken", "no_such_module_xyz:Backend", base.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(base, "_entry_points", lambda: {"broken": broken})
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        base.get_backend("broken")
+
+
+def test_named_sources(monkeypatch):
+    from mechmoe.model import loading
+    from mechmoe.zoo.tiny import tiny_hf_model, tiny_tokenizer
+
+    assert {"tiny", "smollm2"} <= set(mechmoe.model.available_sources())
+    with pytest.raises(ModelNotFoundError, match="did you mean 'tiny'"):
+        mechmoe.load("tinny:olmoe")
+    with pytest.raises(InvalidInputError, match="no tiny model 'olmoe3'"):
+        mechmoe.load("tiny:olmoe3")
+    calls = []
+    monkeypatch.setattr(loading, "_SOURCES", {})
+    mechmoe.register_source(
+        "mine", lambda arg: calls.append(arg) or (tiny_hf_model("llama"), tiny_tokenizer())
+    )
+    model = mechmoe.load("mine:v2", dtype=torch.float64)
+    assert calls == ["v2"] and model.name == "mine:v2" and model.dtype == torch.float64
+    with pytest.raises(InvalidInputError, match="exists"):
+        mechmoe.register_source("mine", lambda arg: None)
+
+
+def test_public_namespace_resolves_and_stays_light():
+    for name in mechmoe.__all__:
+        assert getattr(mechmoe, name) is not None, name
+    code = "import sys, mechmoe; print(sorted(m for m in ('torch', 'nnsight', 'transformer_lens') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
