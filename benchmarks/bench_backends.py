@@ -11,6 +11,7 @@ without hooks (the price of the bridge itself); then ``model.capture`` at the la
 position and at every position, per backend.
 
     python benchmarks/bench_backends.py [--repeats 7] [--prompts 16] [--threads N] [--no-smollm2]
+        [--models tiny:olmoe,smollm2]
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-smollm2", action="store_true", help="tiny models only")
+    ap.add_argument("--models", default=None, help="comma-separated model names (default: all)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,6 +75,8 @@ def main() -> None:
     names = ["tiny:olmoe", "tiny:qwen2_moe", "tiny:llama"]
     if smollm2_gguf() is not None and not args.no_smollm2:
         names.append("smollm2")
+    if args.models:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
     print(
         f"threads={torch.get_num_threads()} prompts={args.prompts} repeats={args.repeats} "
         "(median; ratio = time / plain HF forward)"

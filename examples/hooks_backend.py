@@ -1,4 +1,4 @@
-"""A third backend in ~100 lines: plain PyTorch forward hooks, no extra library.
+"""A third backend in about 160 lines: plain PyTorch forward hooks, no extra library.
 
 It shows everything a backend has to do (docs/backends.md): gather the spec's quantities
 at the batch's positions, apply edits at the sites it supports, and record what the edits

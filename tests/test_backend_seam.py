@@ -74,24 +74,6 @@ def test_edits_declare_what_they_need():
     assert (MaskHeads({0: [1]}) + ScaleNeurons({(0, 0, 1): 2.0})).needs == {"ffn_in", "routing"}
 
 
-def test_a_lone_head_mask_keeps_no_ffn_input(monkeypatch):
-    """The pass records the FFN input only for edits that read it."""
-    from mechmoe.core.edits import EditContext
-
-    recorded = []
-    original = EditContext.record_ffn_in
-    monkeypatch.setattr(
-        EditContext,
-        "record_ffn_in",
-        lambda self, li, x: recorded.append(li) or original(self, li, x),
-    )
-    model = mechmoe.load("tiny:olmoe")
-    model.capture(PROMPTS, interventions=MaskHeads({0: [1]}))
-    assert recorded == []
-    model.capture(PROMPTS, interventions=ScaleNeurons({(1, 2, 3): 2.0}))
-    assert recorded == [0, 1]
-
-
 def test_backend_registry_errors():
     with pytest.raises(InvalidInputError, match="did you mean 'nnsight'"):
         mechmoe.load("tiny:llama", backend="nnsigt")

@@ -41,9 +41,36 @@ def fill(template: str, subject: str) -> str:
 
 
 def read_lre(path: str | Path, *, template: int | str = 0, zero_shot: bool = False) -> ProbeSet:
-    """Read an LRE file or a folder of them into a :class:`ProbeSet`.
+    """Read one LRE relation file, or every ``*.json`` file of a folder, as a :class:`ProbeSet`.
 
-    See :meth:`ProbeSet.from_lre` for the parameters.
+    Users reach this through :func:`mechmoe.probes.load_probe`, which takes a path as well
+    as a bundled relation's name.
+
+    Parameters
+    ----------
+    path
+        A ``.json`` file in the LRE format, or a folder of them (read in name order,
+        not recursively).
+    template
+        Which template builds the prompts: an index into ``prompt_templates`` (or
+        ``prompt_templates_zs``), default the first; or a template string with one
+        ``{}``, used for every relation.
+    zero_shot
+        Index into ``prompt_templates_zs`` instead of ``prompt_templates``.
+
+    Notes
+    -----
+    A subject listed with several objects becomes one item whose gold answer is
+    the set of those objects (``ProbeItem.objects``, in file order). An exact
+    duplicate ``(subject, object)`` pair is kept once; the loader warns (one
+    :class:`UserWarning` per file, with the count) and records it in the
+    relation's ``RelationMeta.notes``.
+
+    Raises
+    ------
+    InvalidInputError
+        On malformed JSON, a missing key, or an empty subject or object; the
+        message names the file and the item.
     """
     _check_template(template)
     path = Path(path)

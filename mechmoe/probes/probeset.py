@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mechmoe.core.errors import InvalidInputError
 
@@ -242,44 +241,6 @@ class ProbeSet:
                 taken[it.relation] = taken.get(it.relation, 0) + 1
                 keep.append(it)
         return ProbeSet(tuple(keep), self.relations)
-
-    # -- construction -------------------------------------------------------------
-
-    @classmethod
-    def from_lre(
-        cls, path: str | Path, *, template: int | str = 0, zero_shot: bool = False
-    ) -> ProbeSet:
-        """Read one LRE relation file, or every ``*.json`` file of a folder.
-
-        Parameters
-        ----------
-        path
-            A ``.json`` file in the LRE format, or a folder of them (read in name order,
-            not recursively).
-        template
-            Which template builds the prompts: an index into ``prompt_templates`` (or
-            ``prompt_templates_zs``), default the first; or a template string with one
-            ``{}``, used for every relation.
-        zero_shot
-            Index into ``prompt_templates_zs`` instead of ``prompt_templates``.
-
-        Notes
-        -----
-        A subject listed with several objects becomes one item whose gold answer is
-        the set of those objects (``ProbeItem.objects``, in file order). An exact
-        duplicate ``(subject, object)`` pair is kept once; the loader warns (one
-        :class:`UserWarning` per file, with the count) and records it in the
-        relation's ``RelationMeta.notes``.
-
-        Raises
-        ------
-        InvalidInputError
-            On malformed JSON, a missing key, or an empty subject or object; the
-            message names the file and the item.
-        """
-        from mechmoe.probes.lre import read_lre
-
-        return read_lre(path, template=template, zero_shot=zero_shot)
 
 
 __all__ = ["ALL", "OBJECT_SEP", "ProbeItem", "ProbeSet", "RelationMeta"]

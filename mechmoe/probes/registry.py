@@ -51,7 +51,7 @@ def load_probe(spec: str | Path, *, template: int | str = 0, zero_shot: bool = F
         names, ``"all"`` for every bundled relation, or a path to an LRE ``.json`` file
         or a folder of them.
     template, zero_shot
-        Template choice, as in :meth:`ProbeSet.from_lre` (default: the first
+        Template choice, as in :func:`mechmoe.probes.lre.read_lre` (default: the first
         ``prompt_templates`` entry).
 
     Returns

@@ -67,6 +67,7 @@ Executor = Literal["local", "dask"]
 #: Model attrs recorded with each checkpoint (the store's attrs are read from the first).
 _MODEL_ATTRS = (
     "adapter",
+    "backend",
     "dtype",
     "is_moe",
     "top_k",
@@ -376,8 +377,9 @@ def sweep(
         one; recorded in the store's config.
     backend
         The capture backend (``"nnsight"`` or ``"transformerlens"``). Results agree across
-        backends (to 1e-5), so a store may be extended with either; each dataset's attrs
-        record the backend that computed it.
+        backends (to 1e-5), so a store may be extended with either; each checkpoint's
+        record names the backend that measured it (the store's ``backend`` attr is the
+        first checkpoint's).
     threads
         torch threads per worker. Default: torch's own setting for the local executor, 1
         for Dask workers (one model and one thread per worker process). Results agree to

@@ -41,6 +41,7 @@ from mechmoe.ops.attribution import attribute
 from mechmoe.ops.conformance import check_model
 from mechmoe.ops.robustness import head_robustness
 from mechmoe.probes import evaluate, load_probe
+from mechmoe.trajectory import LocalCheckpoints, list_measures, open_store, sweep
 
 pytest.importorskip("transformer_lens", reason="the transformerlens backend needs TransformerLens")
 
@@ -200,6 +201,7 @@ def _interventions(model: mechmoe.Model) -> dict[str, Any]:
         la = moe[-1]
         n = dims.n_experts[la]
         out |= {
+            "ban": BanExperts({la: [0, n - 1]}),
             "ban+set_topk": BanExperts({la: [0]}) + SetTopK(3),
             "force": ForceExperts({la: [3]}),
             "force3+set_topk3": ForceExperts({la: [0, 1, 2]}) + SetTopK(3),
@@ -270,7 +272,7 @@ def test_hit_at_k_agrees(models, family, probe):
         _same_on_every_backend(results, _dataset_diff)
 
 
-@pytest.mark.parametrize("family", ["olmoe", "qwen2_moe", "olmo2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_robustness_experiment_agrees(models, family, probe):
     ms = models(family)
     results = {
@@ -278,6 +280,38 @@ def test_robustness_experiment_agrees(models, family, probe):
         for b, m in ms.items()
     }
     _same_on_every_backend(results, _dataset_diff)
+
+
+class _EagerCheckpoints(LocalCheckpoints):
+    """Local checkpoints that load the nnsight side with eager attention (module docstring)."""
+
+    def load(self, checkpoint: Any, **kwargs: Any) -> mechmoe.Model:
+        model = super().load(checkpoint, **kwargs)
+        if kwargs.get("backend") == "nnsight":
+            model.hf.set_attn_implementation("eager")
+        return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trajectory_sweep_agrees(tmp_path, family, probe):
+    """Every built-in measure over two checkpoints gives the same store on every backend."""
+    from mechmoe.testing import save_tiny
+
+    for step, seed in ((100, 0), (200, 1)):
+        save_tiny(family, tmp_path / "ckpts" / f"step{step}", seed=seed)
+    stores = {}
+    for b in BACKENDS:
+        out = tmp_path / f"{b}.zarr"
+        source = _EagerCheckpoints(tmp_path / "ckpts")
+        summary = sweep(source, probe=probe, measures=list_measures(), out=out, backend=b)
+        assert summary.done == [100, 200] and not summary.failed, summary.failed
+        stores[b] = open_store(out)
+        assert stores[b].attrs["backend"] == b
+    first = stores[BACKENDS[0]]
+    assert "head_score" in first.data_vars and "hit" in first.data_vars
+    for b in BACKENDS[1:]:
+        assert first["weights_hash"].values.tolist() == stores[b]["weights_hash"].values.tolist()
+    _same_on_every_backend(stores, _dataset_diff)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -290,13 +324,13 @@ def test_conformance_identities_hold(models, family, backend):
 # ---- the seam: sites, optional dependency, wrapping a bridge --------------------------
 
 
-def test_a_backend_lacking_a_site_fails_by_name_before_the_pass(models, monkeypatch):
-    from mechmoe.backends.transformerlens import TransformerLensBackend
-
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_backend_lacking_a_site_fails_by_name_before_the_pass(backend, monkeypatch):
     runs: list[int] = []
+    full = base.get_backend(backend)
 
-    class NoRouter(TransformerLensBackend):
-        name = "tl-no-router"
+    class NoRouter(full):  # type: ignore[misc, valid-type]
+        name = f"{backend}-no-router"
         sites = frozenset(SITES) - {"router"}
 
         def run(self, batch, edits, ctx):  # type: ignore[no-untyped-def]
@@ -305,12 +339,45 @@ def test_a_backend_lacking_a_site_fails_by_name_before_the_pass(models, monkeypa
 
     monkeypatch.setitem(base._REGISTERED, NoRouter.name, NoRouter)
     model = mechmoe.load("tiny:olmoe", backend=NoRouter.name)
-    assert model.capture(PROMPTS[:1]).meta["backend"] == "tl-no-router"
+    assert model.capture(PROMPTS[:1]).meta["backend"] == NoRouter.name
     with pytest.raises(
-        InvalidInputError, match=r"'tl-no-router' backend cannot edit at site 'router'"
+        InvalidInputError, match=rf"'{NoRouter.name}' backend cannot edit at site 'router'"
     ):
         model.capture(PROMPTS[:1], interventions=MaskHeads({0: [0]}) + BanExperts({0: [1]}))
     assert len(runs) == 1  # the refused capture never ran a pass
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pass_keeps_only_what_its_edits_need(models, backend, monkeypatch):
+    """A head mask or a routing edit keeps no full-sequence FFN input or routing; a neuron
+    edit, which reads both, gets them for every layer it may touch."""
+    from mechmoe.core.edits import EditContext
+
+    kept: list[tuple[str, int]] = []
+    for need in ("ffn_in", "routing"):
+        original = getattr(EditContext, f"record_{need}")
+
+        def spy(self, layer, value, need=need, original=original):  # type: ignore[no-untyped-def]
+            kept.append((need, layer))
+            return original(self, layer, value)
+
+        monkeypatch.setattr(EditContext, f"record_{need}", spy)
+    moe, dense = models("olmoe")[backend], models("llama")[backend]
+    for model, plan in (
+        (moe, MaskHeads({0: [1]})),
+        (moe, BanExperts({1: [0]}) + SetTopK(3)),
+        (moe, None),
+        (dense, MaskHeads({1: [2]}, mode="mean")),
+    ):
+        model.capture(PROMPTS, interventions=plan)
+        assert kept == [], plan
+    moe.capture(PROMPTS, interventions=ScaleNeurons({(1, 2, 3): 2.0}))
+    every = range(moe.dims.n_layers)
+    assert sorted(kept) == [(need, li) for need in ("ffn_in", "routing") for li in every]
+    kept.clear()
+    dense.capture(PROMPTS, interventions=ZeroNeurons([(0, 0, 3)]))
+    # a dense model has no routing to record
+    assert sorted(kept) == [("ffn_in", li) for li in range(dense.dims.n_layers)]
 
 
 def test_importing_the_backend_does_not_import_transformer_lens():

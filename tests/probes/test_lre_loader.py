@@ -29,7 +29,7 @@ def write(path: Path, obj: object) -> Path:
 
 
 def test_reads_one_file(tmp_path: Path) -> None:
-    probe = ProbeSet.from_lre(write(tmp_path / "toy.json", relation()))
+    probe = load_probe(write(tmp_path / "toy.json", relation()))
     assert len(probe) == 2
     assert list(probe)[0] == ProbeItem("toy", "France", "Paris", "The capital of France is")
     meta = probe.meta("toy")
@@ -48,20 +48,20 @@ def test_reads_one_file(tmp_path: Path) -> None:
     ],
 )
 def test_template_choice(tmp_path: Path, kwargs: dict, prompt: str) -> None:
-    probe = ProbeSet.from_lre(write(tmp_path / "toy.json", relation()), **kwargs)
+    probe = load_probe(write(tmp_path / "toy.json", relation()), **kwargs)
     assert probe[0].prompt == prompt
 
 
 def test_other_braces_in_template_survive(tmp_path: Path) -> None:
     rel = relation(prompt_templates=["{{json}} {} is"])
-    assert ProbeSet.from_lre(write(tmp_path / "t.json", rel))[0].prompt == "{{json}} France is"
+    assert load_probe(write(tmp_path / "t.json", rel))[0].prompt == "{{json}} France is"
 
 
 def test_reads_folder_in_name_order(tmp_path: Path) -> None:
     write(tmp_path / "b.json", relation("beta"))
     write(tmp_path / "a.json", relation("alpha"))
     (tmp_path / "notes.txt").write_text("ignored")
-    probe = ProbeSet.from_lre(tmp_path)
+    probe = load_probe(tmp_path)
     assert probe.relation_names == ("alpha", "beta")
     assert probe.counts() == {"alpha": 2, "beta": 2}
     assert probe.select("beta").relation_names == ("beta",)
@@ -75,14 +75,14 @@ def test_negative_template_index_is_refused(tmp_path: Path) -> None:
     """-1 is not 'the last template': it is refused, naming the first valid index."""
     path = write(tmp_path / "toy.json", relation())
     with pytest.raises(InvalidInputError, match=r"template index -1 is negative; give 0"):
-        ProbeSet.from_lre(path, template=-1)
+        load_probe(path, template=-1)
     with pytest.raises(InvalidInputError, match=r"template index -1 is negative"):
         load_probe("adj_antonym", template=-1)
 
 
 def test_repeated_subject_is_one_item_with_several_objects(tmp_path: Path) -> None:
     samples = [{"subject": "France", "object": "Paris"}, {"subject": "France", "object": "Lyon"}]
-    probe = ProbeSet.from_lre(write(tmp_path / "dup.json", relation(samples=samples)))
+    probe = load_probe(write(tmp_path / "dup.json", relation(samples=samples)))
     assert len(probe) == 1
     assert probe[0].object == "Paris" and probe[0].objects == ("Paris", "Lyon")
     assert probe.object_sets == (("Paris", "Lyon"),)
@@ -98,13 +98,13 @@ def test_empty_object_names_file_and_item(tmp_path: Path) -> None:
         InvalidInputError,
         match=r"empty\.json: samples\[1\] \(subject 'Japan'\) has an empty object",
     ):
-        ProbeSet.from_lre(path)
+        load_probe(path)
 
 
 def test_empty_subject(tmp_path: Path) -> None:
     path = write(tmp_path / "e.json", relation(samples=[{"subject": "", "object": "x"}]))
     with pytest.raises(InvalidInputError, match=r"e\.json: samples\[0\] has an empty subject"):
-        ProbeSet.from_lre(path)
+        load_probe(path)
 
 
 @pytest.mark.parametrize("key", ["name", "prompt_templates", "samples"])
@@ -113,36 +113,34 @@ def test_missing_top_level_key(tmp_path: Path, key: str) -> None:
     del rel[key]
     path = write(tmp_path / "missing.json", rel)
     with pytest.raises(InvalidInputError, match=rf"missing\.json: missing key '{key}'"):
-        ProbeSet.from_lre(path)
+        load_probe(path)
 
 
 def test_missing_sample_key(tmp_path: Path) -> None:
     path = write(tmp_path / "m.json", relation(samples=[{"subject": "France"}]))
     with pytest.raises(InvalidInputError, match=r"m\.json: missing key 'samples\[0\]\.object'"):
-        ProbeSet.from_lre(path)
+        load_probe(path)
 
 
 def test_missing_zero_shot_templates(tmp_path: Path) -> None:
     rel = relation()
     del rel["prompt_templates_zs"]
     path = write(tmp_path / "zs.json", rel)
-    assert len(ProbeSet.from_lre(path)) == 2  # optional unless asked for
+    assert len(load_probe(path)) == 2  # optional unless asked for
     with pytest.raises(InvalidInputError, match=r"zs\.json: missing key 'prompt_templates_zs'"):
-        ProbeSet.from_lre(path, zero_shot=True)
+        load_probe(path, zero_shot=True)
 
 
 def test_missing_relation_type_reads_unknown(tmp_path: Path) -> None:
     rel = relation()
     del rel["properties"]
-    assert (
-        ProbeSet.from_lre(write(tmp_path / "p.json", rel)).relations[0].relation_type == "unknown"
-    )
+    assert load_probe(write(tmp_path / "p.json", rel)).relations[0].relation_type == "unknown"
 
 
 def test_malformed_json(tmp_path: Path) -> None:
     path = write(tmp_path / "bad.json", '{"name": "x",\n "samples": [}')
     with pytest.raises(InvalidInputError, match=r"bad\.json: not valid JSON \(.* line 2"):
-        ProbeSet.from_lre(path)
+        load_probe(path)
 
 
 @pytest.mark.parametrize(
@@ -159,18 +157,18 @@ def test_malformed_json(tmp_path: Path) -> None:
 def test_wrong_shapes(tmp_path: Path, patch: dict, message: str) -> None:
     path = write(tmp_path / "shape.json", relation(**patch))
     with pytest.raises(InvalidInputError, match=r"shape\.json: .*" + message):
-        ProbeSet.from_lre(path)
+        load_probe(path)
 
 
 def test_bad_template_index(tmp_path: Path) -> None:
     path = write(tmp_path / "t.json", relation())
     with pytest.raises(InvalidInputError, match="template index 5 is out of range"):
-        ProbeSet.from_lre(path, template=5)
+        load_probe(path, template=5)
 
 
 def test_not_an_object_and_missing_paths(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match=r"list\.json: expected a JSON object"):
-        ProbeSet.from_lre(write(tmp_path / "list.json", []))
+        load_probe(write(tmp_path / "list.json", []))
     with pytest.raises(InvalidInputError, match="no such file or folder"):
         load_probe(tmp_path / "nope.json")
     empty = tmp_path / "empty_dir"
@@ -185,7 +183,7 @@ def test_same_relation_name_in_two_files(tmp_path: Path) -> None:
     with pytest.raises(
         InvalidInputError, match=r"b\.json: relation 'same' is also defined in .*a\.json"
     ):
-        ProbeSet.from_lre(tmp_path)
+        load_probe(tmp_path)
 
 
 def test_probeset_rejects_reserved_and_unknown_relations() -> None:
