@@ -71,6 +71,12 @@ def _fig(
     return fig, axes
 
 
+def _legend_below(fig: Figure, ax: Any, ncol: int = 2) -> None:
+    """One legend for the whole figure, under its panels (never on top of the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False, fontsize=8)
+
+
 def _steps(run: Run) -> np.ndarray:
     return np.asarray(run.ds[STEP].values, dtype=float)
 
@@ -252,6 +258,7 @@ def robustness_figure(runs: Sequence[Run]) -> FigureSpec:
     n_masked = int(have[0].summary.attrs.get("analysis_n_masked", 10))
     hit_k = int(have[0].summary.attrs.get("analysis_hit_k", 10))
     parts = []
+    counts: list[int] = []
     for i, r in enumerate(have):
         s = r.summary
         top, rnd, std = s["drop_top"], s["drop_random_mean"], s["drop_random_std"]
@@ -264,20 +271,15 @@ def robustness_figure(runs: Sequence[Run]) -> FigureSpec:
             ns, top.isel({STEP: last}).values, "o-", color=COLORS[i], label=f"{r.name}: top heads"
         )
         m, sd = rnd.isel({STEP: last}).values, std.isel({STEP: last}).values
-        ax.plot(ns, m, "s--", color=COLORS[i], alpha=0.7, label=f"{r.name}: random heads")
+        ax.plot(ns, m, "s--", color=COLORS[i], alpha=0.7,
+                label=f"{r.name}: random heads (mean ± std)")  # fmt: skip
         ax.fill_between(ns, m - sd, m + sd, color=COLORS[i], alpha=0.15)
         n_heads = int(r.ds.sizes.get("head", 0) * r.ds.sizes.get("layer", 0))
         nn = n_masked if n_masked in ns else int(ns[-1])
+        counts.append(nn)
         steps = _steps(r)
-        ax2.plot(
-            steps,
-            top.sel({N_MASKED: nn}).values,
-            "o-",
-            color=COLORS[i],
-            label=f"{r.name}: top {nn}",
-        )
-        ax2.plot(steps, rnd.sel({N_MASKED: nn}).values, "s--", color=COLORS[i], alpha=0.7,
-                 label=f"{r.name}: random {nn}")  # fmt: skip
+        ax2.plot(steps, top.sel({N_MASKED: nn}).values, "o-", color=COLORS[i])
+        ax2.plot(steps, rnd.sel({N_MASKED: nn}).values, "s--", color=COLORS[i], alpha=0.7)
         parts.append(
             f"{r.name} ({n_heads} heads): top-{nn} drop {_fmt(float(top.sel({N_MASKED: nn}).isel({STEP: last})))}"
             f" vs random {_fmt(float(rnd.sel({N_MASKED: nn}).isel({STEP: last})))}"
@@ -285,16 +287,20 @@ def robustness_figure(runs: Sequence[Run]) -> FigureSpec:
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlabel("heads masked (n)")
     ax.set_ylabel(f"relative HIT@{hit_k} drop, final step")
-    ax.legend(frameon=False, fontsize=7)
+    ax.set_title("against n, final checkpoint", fontsize=9)
     ax2.axhline(0, color="0.6", lw=0.8)
     _log_x(ax2, _steps(have[0]))
     ax2.set_ylabel(f"relative HIT@{hit_k} drop")
-    ax2.legend(frameon=False, fontsize=7)
+    ax2.set_title(f"over training, n = {counts[0]}" if len(set(counts)) == 1 else "over training",
+                  fontsize=9)  # fmt: skip
+    _legend_below(fig, ax)
     caption = (
         "Heads are ranked by their Gated-LPI averaged over the probe; the top n are zeroed (their "
         f"slice of the attention output projection's input) and HIT@{hit_k} is measured again; "
         f"drop = 1 − HIT after / HIT before. Control: n heads drawn at random (mean ± std over "
-        "seeds, dashed). Left: against n at the final checkpoint; right: over training. "
+        "seeds, dashed). Left: against n at the final checkpoint; right: over training, at the "
+        "headline's n (where HIT before masking is near 0, early on, one prompt moves the drop "
+        "a lot). "
         + "; ".join(parts)
         + ". The paper reports < 10% drop for OLMoE and > 50% for OLMo with the top 10 of their "
         "hundreds of heads masked."
@@ -341,7 +347,12 @@ def heatmap_figure(runs: Sequence[Run]) -> FigureSpec:
             im = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                            interpolation="nearest")  # fmt: skip
             ax.set_title(f"{r.name} · step {step}", fontsize=9)
-            ax.set_xlabel("expert" if r.is_moe else "MLP (one block)")
+            if r.is_moe:
+                ax.set_xlabel("expert")
+            else:
+                ax.set_xticks([0], ["MLP"])
+                ax.set_xlabel("the layer's one MLP block")
+            ax.set_yticks(range(data.shape[0]), [str(x) for x in score[LAYER].values])
             ax.set_ylabel("layer")
         fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.8, label="Gated-LPI")
     caption = (
@@ -369,17 +380,21 @@ def routing_figure(runs: Sequence[Run]) -> FigureSpec:
     fig, axes = _fig(2)
     ax, ax2 = axes[0]
     steps = _steps(r)
+    unused: list[str] = []
     if "expert_load" in r.ds:
         load = r.ds["expert_load"]
         n_exp = load.sizes[EXPERT]
         # the spread of the load over experts: max/min share per layer and the uniform line
         for li, layer in enumerate(load[LAYER].values.tolist()):
             per = load.sel({LAYER: layer}).transpose(STEP, EXPERT).values
-            ax.plot(steps, per.max(axis=1), "-", color=f"C{li}", label=f"layer {layer} max")
+            ax.plot(steps, per.max(axis=1), "-", color=f"C{li}", label=f"layer {layer}")
             ax.plot(steps, per.min(axis=1), "--", color=f"C{li}", alpha=0.7)
-        ax.axhline(1 / n_exp, color="0.4", ls=":", lw=1, label=f"uniform 1/{n_exp}")
-        ax.set_ylabel("share of routing slots (max solid, min dashed)")
-        ax.legend(frameon=False, fontsize=7)
+            unused.append(f"{int((per[-1] == 0).sum())} in layer {layer}")
+        ax.axhline(1 / n_exp, color="0.4", ls=":", lw=1)
+        ax.set_ylabel("share of a layer's routing slots")
+        ax.set_title(f"most-used expert (solid), least-used (dashed), uniform 1/{n_exp} (dotted)",
+                     fontsize=8)  # fmt: skip
+        _legend_below(fig, ax, ncol=min(8, load.sizes[LAYER]))
     else:
         ax.set_axis_off()
     _log_x(ax, steps)
@@ -396,15 +411,19 @@ def routing_figure(runs: Sequence[Run]) -> FigureSpec:
             )
         ax2.set_ylim(0, 1.05)
         ax2.set_ylabel("router saturation vs final")
-        ax2.legend(frameon=False, fontsize=7)
+        ax2.set_title("agreement of the chosen experts with the final checkpoint", fontsize=8)
         _log_x(ax2, steps)
+        if "expert_load" not in r.ds:
+            _legend_below(fig, ax2, ncol=min(8, sat.sizes[LAYER]))
     else:
         ax2.set_axis_off()
     caption = (
         f"{r.name}. Left: the largest and smallest share of a layer's routing slots any expert "
-        "receives on the probe tokens (a balanced router keeps both near the uniform line). Right: "
-        "router saturation, the mean over probe tokens of |experts chosen at t ∩ experts chosen at "
-        "the final checkpoint| / k: how settled the routing is."
+        "receives on the probe tokens (a balanced router keeps both near the uniform line; a "
+        "least-used share of 0 means some expert got no slot). Right: router saturation, the mean "
+        "over probe tokens of |experts chosen at t ∩ experts chosen at the final checkpoint| / k: "
+        "how settled the routing is."
+        + (f" Experts with no slot at the final checkpoint: {', '.join(unused)}." if unused else "")
     )
     return FigureSpec("routing", title, caption, fig)
 
@@ -419,9 +438,14 @@ def coactivation_figure(runs: Sequence[Run]) -> FigureSpec:
     layers = co[LAYER].values.tolist()
     fig, axes = _fig(len(layers), width=3.2, height=3.0)
     im = None
+    idle: list[str] = []
     for j, layer in enumerate(layers):
         ax = axes[0, j]
         data = co.sel({LAYER: layer}).transpose(EXPERT, EXPERT_B).values
+        never = [str(e) for e, row in zip(co[EXPERT].values, data, strict=True)
+                 if np.isnan(row).all()]  # fmt: skip
+        if never:
+            idle.append(f"layer {layer}: {', '.join(never)}")
         im = ax.imshow(data, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("expert b")
@@ -430,8 +454,9 @@ def coactivation_figure(runs: Sequence[Run]) -> FigureSpec:
         fig.colorbar(im, ax=axes[0, :].tolist(), shrink=0.8, label="P(b chosen | e chosen)")
     caption = (
         f"{r.name}. Row e, column b: of the probe tokens that chose expert e, the share that also "
-        "chose expert b (the diagonal is left blank). Bright off-diagonal cells are experts that "
-        "work in pairs."
+        "chose expert b (the diagonal is left blank, and so is the row of an expert no probe "
+        "token chose). Bright off-diagonal cells are experts that work in pairs."
+        + (f" Experts no probe token chose: {'; '.join(idle)}." if idle else "")
     )
     return FigureSpec("coactivation", title, caption, fig)
 

@@ -185,3 +185,28 @@ def test_page_renders_in_headless_chromium_with_every_image_loaded(pair_report, 
     assert colors is not None and len(colors) > 50
     non_white = sum(c for c, rgb in colors if rgb != (255, 255, 255))
     assert non_white > 0.05 * img.size[0] * img.size[1]
+
+
+def test_captions_name_experts_the_probe_never_chose():
+    """A blank co-activation row or a least-used share of 0 is explained in the caption."""
+    from mechmoe.analysis import summarize_run
+    from mechmoe.report.figures import Run, coactivation_figure, routing_figure
+
+    ds = toy_store(moe=True)
+    choice = ds["routing_choice"].values.copy()
+    choice[-1, :, 0, :] = [0, 1]  # at the final step, layer 0 routes every token to 0 and 1
+    load = ds["expert_load"].values.copy()
+    load[-1, 0] = [0.5, 0.5, 0.0, 0.0]
+    ds = ds.assign(
+        routing_choice=(ds["routing_choice"].dims, choice),
+        expert_load=(ds["expert_load"].dims, load),
+    )
+    run = Run("MoE", ds, summarize_run(ds))
+    co = coactivation_figure([run])
+    assert co.figure is not None
+    assert "Experts no probe token chose: layer 0: 2, 3." in co.caption
+    routing = routing_figure([run])
+    assert (
+        "Experts with no slot at the final checkpoint: 2 in layer 0, 0 in layer 1."
+        in routing.caption
+    )
