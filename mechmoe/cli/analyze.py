@@ -2,7 +2,9 @@
 
 Prints the headline figures (top-q backbone share, consolidation step, HIT@k drop with
 the top-n heads masked vs n random heads) of one run, or of two runs side by side with
-``--compare``, and writes every statistic as one Dataset with ``--out``.
+``--compare``, and writes every statistic as one Dataset with ``--out``. The table's rows
+are :func:`mechmoe.report.headline_rows`, the ones ``mechmoe demo`` prints and the report
+draws, plus the random control's spread over its draws.
 """
 
 from __future__ import annotations
@@ -68,49 +70,26 @@ def _names(names: str | None, paths: list[Path]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
 
 
-def _pct(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
-
-
-def _step(h: dict[str, Any]) -> str:
-    if not math.isnan(h["consolidation_step"]):
-        return f"{int(h['consolidation_step']):,}"
-    if math.isnan(h["backbone_share"]) and h["n_steps"] > 1:
-        return "n/a"  # no neuron scores
-    return "n/a (one checkpoint)" if h["n_steps"] < 2 else "never"
-
-
-def _rows(heads: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    h0 = heads[0]
-    k = h0["hit_k"] or "k"
-    q_pct = f"{100 * h0['q']:g}%"
-    rows = [
+def _spread_row(heads: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The random control's spread over its draws, as one extra headline row (none if unknown)."""
+    stds = [h["hit_drop_random_std"] for h in heads]
+    if all(math.isnan(x) for x in stds):
+        return []
+    k = heads[0]["hit_k"] or "k"
+    return [
         (
-            f"top-{q_pct} backbone share of positive updates",
-            [_pct(h["backbone_share"]) for h in heads],
-        ),
-        (
-            f"consolidation step (Spearman vs final ≥ {h0['tau']:g})",
-            [_step(h) for h in heads],
-        ),
-        (
-            f"HIT@{k} drop, top-{h0['n_masked']} heads masked",
-            [_pct(h["hit_drop_top"]) for h in heads],
-        ),
-        (
-            f"HIT@{k} drop, {h0['n_masked']} random heads masked",
-            [
-                _pct(h["hit_drop_random"])
-                + (
-                    ""
-                    if math.isnan(h["hit_drop_random_std"])
-                    else f" ± {_pct(h['hit_drop_random_std'])}"
-                )
-                for h in heads
-            ],
-        ),
+            f"HIT@{k} drop, random heads: std over draws",
+            *("n/a" if math.isnan(x) else f"± {100 * x:.1f}%" for x in stds),
+        )
     ]
-    return rows
+
+
+def _rows(stores: list[Any], heads: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The headline table's rows: :func:`mechmoe.report.headline_rows` (what ``mechmoe demo``
+    prints and the report draws) at the one masked-head count, plus the control's spread."""
+    from mechmoe.report.headline import headline_rows
+
+    return headline_rows(stores, [heads], extra=_spread_row(heads))
 
 
 @run_user_errors
@@ -132,6 +111,7 @@ def analyze(
     from mechmoe.analysis import headline, summarize_run
     from mechmoe.core.errors import InvalidInputError
     from mechmoe.ops.results import check_output_path, save_result
+    from mechmoe.report.headline import counted
     from mechmoe.trajectory import open_store
 
     if compare_out is not None and compare is None:
@@ -156,9 +136,16 @@ def analyze(
     table.add_column("figure")
     for label, h in zip(labels, heads, strict=True):
         table.add_column(f"{label}\n{h['model']}" if h["model"] else label, justify="right")
-    for figure, cells in _rows(heads):
-        table.add_row(figure, *cells)
+    for row in _rows(stores, heads):
+        table.add_row(*row)
     console.print(table)
+    for label, h in zip(labels, heads, strict=True):
+        if h["n_steps"] < 2:
+            console.print(
+                f"[dim]{label}: {counted(h['n_steps'], 'checkpoint')}: no backbone share or "
+                "consolidation step (they compare checkpoints)[/]",
+                highlight=False,
+            )
     for label, s in zip(labels, summaries, strict=True):
         if s.attrs.get("absent"):
             console.print(f"[dim]{label}: not computed: {s.attrs['absent']}[/]", highlight=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mechmoe.cli._common import console, run_user_errors
+from mechmoe.cli._common import BackendOpt, console, run_user_errors
 
 
 @run_user_errors
@@ -34,19 +34,24 @@ def demo(
             min=1,
         ),
     ] = 2,
+    backend: BackendOpt = "nnsight",
 ) -> None:
     """Pre-train a tiny MoE and a tiny dense model (cached), sweep every measure over their
-    checkpoints, and write a report comparing them; print the headline table."""
+    checkpoints with --backend (each backend has its own cached sweeps; the zoo is shared),
+    and write a report comparing them; print the headline table."""
     from rich.table import Table
 
-    from mechmoe.zoo.demo import DemoConfig, format_headline_rows, run_demo
+    from mechmoe.report.headline import counted
+    from mechmoe.zoo.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(), root=root, out=out, overwrite=overwrite, workers=workers)
+    result = run_demo(
+        DemoConfig(), root=root, out=out, overwrite=overwrite, workers=workers, backend=backend
+    )
     table = Table(title="miniature study: MoE vs dense (measured)")
     table.add_column("measure")
     table.add_column("MoE", justify="right")
     table.add_column("dense", justify="right")
-    for row in format_headline_rows(result):
+    for row in result.rows:
         table.add_row(*row)
     console.print(table)
     checks = Table(title="does the miniature show the paper's pattern?")
@@ -59,14 +64,14 @@ def demo(
     shown = sum(v == "yes" for _, _, v in result.checks)
     if shown < len(result.checks):
         console.print(
-            f"The miniature shows {shown} of {len(result.checks)} of the paper's claims; the report "
-            "says which, with the measurements."
+            f"The miniature shows {shown} of the paper's {counted(len(result.checks), 'claim')}; "
+            "the report says which, with the measurements."
         )
     s = result.seconds
     console.print(
         f"time: zoo {s['zoo']:.0f} s, sweep {s['sweep']:.0f} s "
-        f"({result.swept['moe'] + result.swept['dense']} checkpoints measured), report "
-        f"{s['report']:.0f} s, total {s['total']:.0f} s",
+        f"({counted(sum(result.swept.values()), 'checkpoint')} measured with {result.backend}), "
+        f"report {s['report']:.0f} s, total {s['total']:.0f} s",
         highlight=False,
     )
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)

@@ -7,14 +7,16 @@ import datetime as _dt
 import html
 import io
 import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.writer import marker_line, prepare_output
 from mechmoe.report.figures import FIGURES, FigureSpec, Run
+from mechmoe.report.headline import headline_rows
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -106,46 +108,32 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _headline_table(runs: Sequence[Run], heads: Sequence[dict[str, Any]]) -> str:
-    def pct(x: float) -> str:
-        return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
-
-    h0 = heads[0]
-    q = h0["q"]
-    rows = [
-        (
-            f"top-{100 * q:g}% backbone share of positive updates",
-            [pct(h["backbone_share"]) for h in heads],
-        ),
-        (
-            f"consolidation step (Spearman ρ vs final ≥ {h0['tau']:g})",
-            [
-                "never" if math.isnan(h["consolidation_step"]) else f"{h['consolidation_step']:g}"
-                for h in heads
-            ],
-        ),
-        (
-            f"HIT@{h0['hit_k'] or 'k'} drop, top-{h0['n_masked']} heads masked",
-            [pct(h["hit_drop_top"]) for h in heads],
-        ),
-        (
-            f"HIT@{h0['hit_k'] or 'k'} drop, {h0['n_masked']} random heads (mean ± std)",
-            [
-                f"{pct(h['hit_drop_random'])} ± {pct(h['hit_drop_random_std'])}"
-                if not math.isnan(h["hit_drop_random"])
-                else "n/a"
-                for h in heads
-            ],
-        ),
-    ]
+def _headline_table(runs: Sequence[Run], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(r.name)}</th>" for r in runs)
     body = "".join(
-        f"<tr><td>{html.escape(label)}</td>"
-        + "".join(f"<td>{html.escape(v)}</td>" for v in vals)
-        + "</tr>"
-        for label, vals in rows
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
     )
-    return f"<table><tr><th>measure</th>{head}</tr>{body}</table>"
+    return f"<table class='headline'><tr><th>measure</th>{head}</tr>{body}</table>"
+
+
+def _counts(n_masked: int | Sequence[int]) -> list[int]:
+    """The masked-head counts of the headline, first the one the figures read."""
+    if isinstance(n_masked, numbers.Integral):
+        counts: list[Any] = [n_masked]
+    elif isinstance(n_masked, Sequence) and not isinstance(n_masked, str):
+        counts = list(n_masked)
+    else:
+        counts = []
+    if (
+        not counts
+        or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in counts)
+        or min(counts) < 1
+        or len(set(counts)) != len(counts)
+    ):
+        raise InvalidInputError(
+            f"n_masked={n_masked!r}: give a head count, or distinct counts, each at least 1"
+        )
+    return [int(n) for n in counts]
 
 
 def _provenance(run: Run) -> str:
@@ -157,7 +145,11 @@ def _provenance(run: Run) -> str:
         ("model", ds.attrs.get("model", "")),
         ("architecture", "MoE" if run.is_moe else "dense"),
         ("experts / top-k", f"{ds.attrs.get('n_experts', '?')} / {ds.attrs.get('top_k', '?')}"),
-        ("checkpoints", f"{len(steps)}: steps {', '.join(map(str, steps))}"),
+        ("backend", ds.attrs.get("backend", "not recorded")),
+        (
+            "checkpoints",
+            f"{len(steps)}: {'step' if len(steps) == 1 else 'steps'} {', '.join(map(str, steps))}",
+        ),
         ("first / last revision", f"{revs[0]} … {revs[-1]}" if revs else ""),
         (
             "tokens at last checkpoint",
@@ -185,7 +177,9 @@ def build_report(
     notes: Sequence[str] = (),
     q: float = 0.01,
     tau: float = 0.9,
-    n_masked: int = 10,
+    n_masked: int | Sequence[int] = 10,
+    count_notes: Mapping[int, str] | None = None,
+    extra_rows: Sequence[Sequence[str]] = (),
     overwrite: bool = False,
 ) -> Path:
     """Write the report of one run (or two side by side) into ``out_dir``.
@@ -204,7 +198,13 @@ def build_report(
         Page title, and paragraphs shown under the headline table.
     q, tau, n_masked
         Options of :func:`mechmoe.analysis.summarize_run` (backbone fraction,
-        consolidation threshold, masked-head count of the headline).
+        consolidation threshold, masked-head count of the headline). ``n_masked`` may
+        list several counts: the headline table then has a pair of masking rows for
+        each, and the first is the one the figures and the verdicts read.
+    count_notes, extra_rows
+        The headline table's ``notes`` and ``extra`` rows
+        (:func:`~mechmoe.report.headline.headline_rows`, which builds the table; ``mechmoe
+        demo`` prints the same rows).
 
     Returns
     -------
@@ -214,6 +214,7 @@ def build_report(
     from mechmoe._version import __version__
     from mechmoe.analysis import headline, summarize_run
 
+    counts = _counts(n_masked)
     out = prepare_output(out_dir, kind=REPORT_KIND, overwrite=overwrite, folder=True)
     stores = [_open(run_store)] + ([_open(compare_store)] if compare_store is not None else [])
     labels = (
@@ -226,10 +227,14 @@ def build_report(
             raise InvalidInputError(f"names={list(names)!r}: give {len(stores)} different names")
         labels = [f"{lab} ({i + 1})" for i, lab in enumerate(labels)]
     runs = [
-        Run(lab, ds, summarize_run(ds, q=q, tau=tau, n_masked=n_masked))
+        Run(lab, ds, summarize_run(ds, q=q, tau=tau, n_masked=counts[0]))
         for lab, ds in zip(labels, stores, strict=True)
     ]
     heads = [headline(r.summary) for r in runs]
+    by_count = [heads] + [
+        [headline(summarize_run(ds, q=q, tau=tau, n_masked=n)) for ds in stores] for n in counts[1:]
+    ]
+    table = headline_rows(stores, by_count, notes=count_notes, extra=extra_rows)
     specs: list[FigureSpec] = [make(runs) for make in FIGURES]
 
     sections = []
@@ -262,7 +267,8 @@ def build_report(
         shown = sum(v == "yes" for _, _, v in checks)
         verdict_html = (
             "<h2>Does this run show the paper's pattern?</h2>"
-            f"<p>{shown} of {len(checks)} of the paper's claims hold in these measurements. "
+            f"<p>{shown} of {len(checks)} of the paper's claims {'holds' if shown == 1 else 'hold'} "
+            "in these measurements. "
             "The figures below are measured, not assumed; where a claim does not hold, that is "
             "what these models did.</p>"
             f"<table><tr><th>paper's claim</th><th>measured here</th><th>holds?</th></tr>{rows}</table>"
@@ -289,7 +295,7 @@ figcaption {{ font-size: 0.92em; color: #444; max-width: 60em; }}
 <h1>{html.escape(page_title)}</h1>
 <p>mechmoe {html.escape(__version__)} · generated {when}</p>
 <h2>Headline</h2>
-{_headline_table(runs, heads)}
+{_headline_table(runs, table)}
 {note_html}
 {verdict_html}
 <h2>Where the numbers come from</h2>

@@ -25,6 +25,7 @@ from mechmoe._types import (
     STEP,
     K,
 )
+from mechmoe.report.headline import counted, total_heads
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -114,7 +115,7 @@ def lorenz_figure(runs: Sequence[Run]) -> FigureSpec:
         ax.plot(lz[POPULATION].values, lz.values, color=COLORS[i], lw=2, label=r.name)
         q = float(r.summary.attrs.get("analysis_q", 0.01))
         parts.append(
-            f"{r.name}: {_n_units(r)} neurons, Gini {float(r.summary['gini']):.3f}, top-{q:.0%} "
+            f"{r.name}: {counted(_n_units(r), 'neuron')}, Gini {float(r.summary['gini']):.3f}, top-{q:.0%} "
             f"share {_fmt(float(r.summary['backbone_share']))}"
         )
     ax.set_xlabel("share of neurons (sorted by PU, ascending)")
@@ -274,14 +275,15 @@ def robustness_figure(runs: Sequence[Run]) -> FigureSpec:
         ax.plot(ns, m, "s--", color=COLORS[i], alpha=0.7,
                 label=f"{r.name}: random heads (mean ± std)")  # fmt: skip
         ax.fill_between(ns, m - sd, m + sd, color=COLORS[i], alpha=0.15)
-        n_heads = int(r.ds.sizes.get("head", 0) * r.ds.sizes.get("layer", 0))
+        n_heads = total_heads(r.ds)
+        of = counted(n_heads, "head") if n_heads else "head count not recorded"
         nn = n_masked if n_masked in ns else int(ns[-1])
         counts.append(nn)
         steps = _steps(r)
         ax2.plot(steps, top.sel({N_MASKED: nn}).values, "o-", color=COLORS[i])
         ax2.plot(steps, rnd.sel({N_MASKED: nn}).values, "s--", color=COLORS[i], alpha=0.7)
         parts.append(
-            f"{r.name} ({n_heads} heads): top-{nn} drop {_fmt(float(top.sel({N_MASKED: nn}).isel({STEP: last})))}"
+            f"{r.name} ({of}): top-{nn} drop {_fmt(float(top.sel({N_MASKED: nn}).isel({STEP: last})))}"
             f" vs random {_fmt(float(rnd.sel({N_MASKED: nn}).isel({STEP: last})))}"
         )
     ax.axhline(0, color="0.6", lw=0.8)

@@ -2,8 +2,8 @@
 
 :func:`run_demo` is what ``mechmoe demo`` (and ``make demo``) runs. Every stage is cached
 under :func:`mechmoe.zoo.pretrain.cache_root`: the trained zoo, and one trajectory store
-per model (a resumed sweep skips the checkpoints already measured), so a second run only
-redraws the report.
+per model and capture backend (a resumed sweep skips the checkpoints already measured),
+so a second run only redraws the report.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from mechmoe.core import progress
 from mechmoe.core.errors import InvalidInputError
+from mechmoe.report.headline import counted, head_share
 from mechmoe.zoo.corpus import MAIN_RELATION, build_corpus
 from mechmoe.zoo.pretrain import KINDS, Zoo, ZooConfig, cache_root, pretrain
 
@@ -95,10 +96,15 @@ class DemoResult:
     """Where everything went, the headline figures and the timings of one demo run."""
 
     config: DemoConfig
+    #: The capture backend that measured the sweeps (each has its own stores).
+    backend: str
     zoo: Zoo
     stores: dict[str, Path]
     report: Path
     headlines: dict[str, dict[str, Any]]
+    #: ``(measure, MoE, dense)``: the headline table, as printed by ``mechmoe demo`` and
+    #: drawn at the top of the report (both from :func:`mechmoe.report.headline_rows`).
+    rows: list[tuple[str, ...]]
     checks: list[tuple[str, str, str]]
     training: dict[str, dict[str, Any]]
     seconds: dict[str, float]
@@ -131,10 +137,15 @@ def _headline_counts(config: DemoConfig) -> tuple[int, ...]:
     return tuple(counts)
 
 
-def demo_dir(config: DemoConfig, root: str | Path | None = None) -> Path:
-    """The folder of the demo's stores and default report."""
+def demo_dir(config: DemoConfig, root: str | Path | None = None, backend: str = "nnsight") -> Path:
+    """The folder of the demo's stores and default report, measured with ``backend``.
+
+    Each backend has its own folder, so a run on another backend really measures every
+    checkpoint with it (the numbers agree to 1e-5, tests/backends/test_equivalence.py)
+    instead of reading what the first backend stored; the trained zoo is shared.
+    """
     base = Path(root) if root is not None else cache_root()
-    return base / "demo" / config.digest
+    return base / "demo" / config.digest / backend
 
 
 def run_demo(
@@ -145,6 +156,7 @@ def run_demo(
     overwrite: bool = False,
     workers: int = 2,
     scheduler: str | None = None,
+    backend: str = "nnsight",
 ) -> DemoResult:
     """Run the miniature study and write its report.
 
@@ -165,23 +177,31 @@ def run_demo(
         the numbers do not depend on ``workers`` (and the caches hold either way).
     scheduler
         Address of a running Dask scheduler to sweep on instead (``tcp://host:8786``).
+    backend
+        The capture backend of the sweeps (``"nnsight"`` or ``"transformerlens"``). The
+        zoo does not depend on it (it is trained once, whatever the backend); the stores
+        and the default report do: each backend gets its own (:func:`demo_dir`), so every
+        checkpoint is measured with the backend asked for, and the store and the report
+        record it. An unknown or uninstalled backend is refused before any training.
 
     Returns
     -------
     DemoResult
     """
     from mechmoe.analysis import headline, summarize_run
-    from mechmoe.report import build_report, pattern_checks
+    from mechmoe.backends import get_backend
+    from mechmoe.report import build_report, headline_rows, pattern_checks
     from mechmoe.trajectory import LocalCheckpoints, open_store, sweep
 
     config = config or DemoConfig()
+    get_backend(backend)  # an unknown or missing backend fails now, not after the training
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     zoo_root = Path(root) / "zoo" if root is not None else None
     zoo = pretrain(replace(config.zoo, threads=workers), root=zoo_root)
     seconds["zoo"] = time.perf_counter() - t0
 
-    folder = demo_dir(config, root)
+    folder = demo_dir(config, root, backend)
     folder.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus(config.zoo.corpus)
     probe = corpus.probe_set(config.probe_relations, per_relation=config.probe_per_relation)
@@ -205,68 +225,105 @@ def run_demo(
                 executor="dask" if workers > 1 or scheduler else "local",
                 workers=workers,
                 scheduler=scheduler,
+                backend=backend,
             )
             stores[kind] = store
             swept[kind] = len(summary.done)
             if summary.failed:
                 step, error = sorted(summary.failed.items())[0]
                 raise InvalidInputError(
-                    f"the sweep of the {kind} model failed at {len(summary.failed)} checkpoint(s), "
+                    f"the sweep of the {kind} model failed at "
+                    f"{counted(len(summary.failed), 'checkpoint')}, "
                     f"first at step {step}: {error}; run the demo again to retry them"
                 )
             bar.advance()
     seconds["sweep"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    datasets = {kind: open_store(stores[kind]) for kind in KINDS}
-    summaries = {
-        kind: summarize_run(ds, q=config.q, tau=config.tau, n_masked=config.masked_heads())
-        for kind, ds in datasets.items()
-    }
-    headlines = {kind: headline(s) for kind, s in summaries.items()}
-    count_headlines = None
-    if len(_headline_counts(config)) > 1:
-        count_headlines = {
-            kind: headline(
-                summarize_run(ds, q=config.q, tau=config.tau, n_masked=_headline_counts(config)[1])
-            )
-            for kind, ds in datasets.items()
-        }
+    datasets = [open_store(stores[kind]) for kind in KINDS]
+    counts = _headline_counts(config)
+    by_count = [
+        [headline(summarize_run(ds, q=config.q, tau=config.tau, n_masked=n)) for ds in datasets]
+        for n in counts
+    ]
+    headlines = dict(zip(KINDS, by_count[0], strict=True))
+    count_headlines = dict(zip(KINDS, by_count[1], strict=True)) if len(counts) > 1 else None
     checks = pattern_checks(headlines["moe"], headlines["dense"])
     training = {kind: zoo.log(kind) for kind in KINDS}
+    # the terminal's table and the report's are built by one function from these same inputs
+    notes, extra = _count_notes(config), [_held_out_row(zoo, training)]
+    rows = headline_rows(datasets, by_count, notes=notes, extra=extra)
     report_dir = Path(out) if out is not None else folder / "report"
     report = build_report(
-        datasets["moe"],
-        datasets["dense"],
+        datasets[0],
+        datasets[1],
         report_dir,
-        names=(RUN_NAMES["moe"], RUN_NAMES["dense"]),
+        names=tuple(RUN_NAMES[kind] for kind in KINDS),
         title="mechmoe miniature study: a tiny MoE and a tiny dense model pre-trained here",
-        notes=_notes(zoo, training, config),
+        notes=_notes(zoo, training, config, backend),
         q=config.q,
         tau=config.tau,
-        n_masked=config.masked_heads(),
+        n_masked=counts,
+        count_notes=notes,
+        extra_rows=extra,
         overwrite=overwrite or out is None,
     )
     seconds["report"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     return DemoResult(
-        config, zoo, stores, report, headlines, checks, training, seconds, swept, count_headlines
+        config=config,
+        backend=backend,
+        zoo=zoo,
+        stores=stores,
+        report=report,
+        headlines=headlines,
+        rows=rows,
+        checks=checks,
+        training=training,
+        seconds=seconds,
+        swept=swept,
+        count_headlines=count_headlines,
     )
 
 
-def _notes(zoo: Zoo, training: dict[str, dict[str, Any]], config: DemoConfig) -> list[str]:
+def _count_notes(config: DemoConfig) -> dict[int, str]:
+    """What each masked-head count of the headline stands for, next to the paper's."""
+    n = config.masked_heads()
+    notes = {n: f"{head_share(n, config.total_heads)}; paper: {PAPER_MASKED} of {PAPER_HEADS}"}
+    for m in _headline_counts(config)[1:]:
+        notes[m] = "the paper's count"
+    return notes
+
+
+def _held_out_row(zoo: Zoo, training: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """Held-out HIT@k on the main relation at each model's last checkpoint (its training log)."""
+    k = zoo.config.eval_k
+    return (
+        f"held-out HIT@{k} {MAIN_RELATION}, last checkpoint",
+        *(
+            f"{training[kind]['checkpoints'][-1]['eval'][MAIN_RELATION][f'hit@{k}']:.3f}"
+            for kind in KINDS
+        ),
+    )
+
+
+def _notes(
+    zoo: Zoo, training: dict[str, dict[str, Any]], config: DemoConfig, backend: str
+) -> list[str]:
     cfg = zoo.config
     n, total = config.masked_heads(), config.total_heads
     k = cfg.eval_k
     lines = [
         f"Both models were pre-trained here from scratch by mechmoe (zoo {cfg.digest}) on a "
         f"generated corpus of geographic facts (city → country for "
-        f"{len(build_corpus(cfg.corpus).facts_of(MAIN_RELATION))} cities, country → capital, "
+        f"{counted(len(build_corpus(cfg.corpus).facts_of(MAIN_RELATION)), 'city', 'cities')}, "
+        "country → capital, "
         "currency, language, continent), each fact stated with 16 training templates and repeated "
         f"with a Zipf spread (exponent {cfg.corpus.zipf_exponent}), mixed with filler text. Same "
-        f"data order, {training['moe']['steps']} steps of {cfg.batch_size} × {cfg.seq_len} tokens "
-        "each, AdamW with a cosine schedule, on CPU.",
-        f"MoE: {cfg.layers} layers, hidden {cfg.hidden}, {cfg.n_experts} experts of width "
+        f"data order, {counted(training['moe']['steps'], 'step')} of {cfg.batch_size} × "
+        f"{cfg.seq_len} tokens each, AdamW with a cosine schedule, on CPU.",
+        f"MoE: {counted(cfg.layers, 'layer')}, hidden {cfg.hidden}, "
+        f"{counted(cfg.n_experts, 'expert')} of width "
         f"{cfg.expert_width}, top-{cfg.top_k}. Dense: the same with one MLP of width "
         f"{cfg.dense_width}. Active parameters per token: MoE "
         f"{training['moe']['active_params_per_token']:,}, dense "
@@ -283,83 +340,21 @@ def _notes(zoo: Zoo, training: dict[str, dict[str, Any]], config: DemoConfig) ->
             f"{log['answer_prior_hit'].get(MAIN_RELATION, float('nan')):.3f})."
         )
     lines.append(
-        f"The probe every measure uses: {config.probe_per_relation} facts per relation of "
-        f"{', '.join(config.probe_relations)}, asked with held-out templates that never occur in "
-        f"the training text. The headline drop masks the top {n} of the {total} heads "
-        f"({cfg.layers} layers × {cfg.heads}; {100 * n / total:.1f}%), ranked by head Gated-LPI "
-        f"on this probe at each checkpoint, against {n} heads drawn at random "
-        f"({config.robustness_seeds} draws). The paper masks {PAPER_MASKED} of OLMoE's "
-        f"{PAPER_HEADS} heads ({100 * PAPER_MASKED / PAPER_HEADS:.1f}%); the miniature masks "
-        "the same share, rounded."
+        f"The probe every measure uses: {counted(config.probe_per_relation, 'fact')} per "
+        f"relation of {', '.join(config.probe_relations)}, asked with held-out templates that "
+        f"never occur in the training text. The headline drop masks the top {n} of the "
+        f"{counted(total, 'head')} ({counted(cfg.layers, 'layer')} × {cfg.heads}; "
+        f"{100 * n / total:.1f}%), ranked by head Gated-LPI on this probe at each checkpoint, "
+        f"against {counted(n, 'head')} drawn at random "
+        f"({counted(config.robustness_seeds, 'draw')}). The paper masks {PAPER_MASKED} of "
+        f"OLMoE's {PAPER_HEADS} heads ({100 * PAPER_MASKED / PAPER_HEADS:.1f}%); the miniature "
+        "masks the same share, rounded."
+    )
+    lines.append(
+        f"Every checkpoint was measured with the {backend} capture backend (recorded in each "
+        "store); the backends agree to 1e-5, and each has its own cached stores."
     )
     return lines
-
-
-def format_headline_rows(result: DemoResult) -> list[tuple[str, str, str]]:
-    """``(measure, MoE, dense)`` rows of the headline table (what the CLI prints)."""
-    import math
-
-    def pct(x: float) -> str:
-        return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
-
-    def step(x: float) -> str:
-        return "never" if math.isnan(x) else f"{x:g}"
-
-    h = result.headlines
-    q = h["moe"]["q"]
-    n = h["moe"]["n_masked"]
-    k = h["moe"]["hit_k"] or 10
-    main = MAIN_RELATION
-    zk = result.zoo.config.eval_k
-    heads = result.config.total_heads
-    seeds = result.config.robustness_seeds
-    share = f"{100 * n / heads:.0f}%"
-    rows = [
-        (
-            f"top-{100 * q:g}% backbone share",
-            pct(h["moe"]["backbone_share"]),
-            pct(h["dense"]["backbone_share"]),
-        ),
-        (
-            f"consolidation step (ρ vs final ≥ {h['moe']['tau']:g})",
-            step(h["moe"]["consolidation_step"]),
-            step(h["dense"]["consolidation_step"]),
-        ),
-        (
-            f"HIT@{k} drop, top-{n} of {heads} heads masked ({share}; paper: "
-            f"{PAPER_MASKED} of {PAPER_HEADS})",
-            pct(h["moe"]["hit_drop_top"]),
-            pct(h["dense"]["hit_drop_top"]),
-        ),
-        (
-            f"HIT@{k} drop, {n} random of {heads} heads (control, mean of {seeds} draws)",
-            pct(h["moe"]["hit_drop_random"]),
-            pct(h["dense"]["hit_drop_random"]),
-        ),
-    ]
-    c = result.count_headlines
-    if c is not None:
-        m = c["moe"]["n_masked"]
-        rows += [
-            (
-                f"HIT@{k} drop, top-{m} of {heads} heads masked (the paper's count)",
-                pct(c["moe"]["hit_drop_top"]),
-                pct(c["dense"]["hit_drop_top"]),
-            ),
-            (
-                f"HIT@{k} drop, {m} random of {heads} heads (control, mean of {seeds} draws)",
-                pct(c["moe"]["hit_drop_random"]),
-                pct(c["dense"]["hit_drop_random"]),
-            ),
-        ]
-    rows += [
-        (
-            f"held-out HIT@{zk} {main}, last checkpoint",
-            f"{result.training['moe']['checkpoints'][-1]['eval'][main][f'hit@{zk}']:.3f}",
-            f"{result.training['dense']['checkpoints'][-1]['eval'][main][f'hit@{zk}']:.3f}",
-        ),
-    ]
-    return rows
 
 
 __all__ = [
@@ -368,6 +363,5 @@ __all__ = [
     "DemoResult",
     "demo_dir",
     "demo_measures",
-    "format_headline_rows",
     "run_demo",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from mechmoe.analysis import headline, summarize_run
 from mechmoe.analysis.testing import toy_store
 from mechmoe.cli import app
 from mechmoe.ops.results import open_result
+from mechmoe.report import headline_rows
+from mechmoe.trajectory import open_store
 
 runner = CliRunner()
 
@@ -29,17 +32,24 @@ MEASURES = {
 }
 
 
-def write_store(path, *, moe: bool, steps=(0, 100, 200, 300, 400)):
-    """The toy store's steps written as checkpoints of a real trajectory store."""
+def write_store(path, *, moe: bool, steps=(0, 100, 200, 300, 400), heads=False, seeds=None):
+    """The toy store's steps written as checkpoints of a real trajectory store.
+
+    ``heads``: write the head scores too (the store then knows its head count);
+    ``seeds``: keep only that many random-head draws."""
     from mechmoe.trajectory.sources import Checkpoint
     from mechmoe.trajectory.store import CheckpointResult, TrajectoryStore
 
     toy = toy_store(moe=moe, steps=steps)
+    if seeds is not None:
+        toy = toy.isel(seed=list(range(seeds)))
     measures = {m: {} for m, names in MEASURES.items() if names[0] in toy}
+    if heads:
+        measures["head_lpi"] = {}
     store = TrajectoryStore.create_or_open(path, {"model": toy.attrs["model"]}, measures)
     for i, step in enumerate(toy["step"].values.tolist()):
         at = toy.isel(step=i).drop_vars(["step", "tokens", "revision", "weights_hash"])
-        datasets = {m: at[MEASURES[m]] for m in measures}
+        datasets = {m: at[MEASURES.get(m, ["head_score"])] for m in measures}
         ckpt = Checkpoint(step, tokens=float(toy["tokens"].values[i]), label=f"step{step}")
         res = CheckpointResult(
             ckpt,
@@ -60,6 +70,25 @@ def stores(tmp_path_factory):
 
 def fmt(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def table_rows(output: str) -> list[tuple[str, ...]]:
+    """The body rows of the (first) table rich printed, as the cells' text."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("┡"))
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("└"):
+            return rows
+        rows.append(tuple(c.strip() for c in line.strip("│").split("│")))
+    raise AssertionError(f"no end of the table in {output!r}")
+
+
+def shared_rows(paths, n_masked: int) -> list[tuple[str, ...]]:
+    """What the demo and the report show for these stores: headline_rows at one count."""
+    stores = [open_store(p) for p in paths]
+    heads = [headline(summarize_run(ds, n_masked=n_masked)) for ds in stores]
+    return headline_rows(stores, [heads])
 
 
 def test_analyze_one_run_writes_summary(stores, tmp_path):
@@ -136,8 +165,9 @@ def test_analyze_single_checkpoint(tmp_path):
     write_store(one, moe=True, steps=(500,))
     res = runner.invoke(app, ["analyze", str(one)])
     assert res.exit_code == 0, res.output
-    assert "n/a (one checkpoint)" in res.output
     assert "n/a" in res.output.split("backbone share")[1].split("\n")[0]  # all-zero PU
+    assert table_rows(res.output)[1][1] == "n/a"  # consolidation step
+    assert "one: 1 checkpoint: no backbone share or consolidation step" in res.output
 
 
 def test_analyze_does_not_import_torch(stores):
@@ -154,3 +184,50 @@ def test_analyze_does_not_import_torch(stores):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "backbone share" in out.stdout and "heavy: []" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def head_store(tmp_path_factory):
+    """A store that knows its head count (2 layers × 4 heads)."""
+    path = tmp_path_factory.mktemp("heads") / "heads.zarr"
+    write_store(path, moe=True, heads=True)
+    return path
+
+
+@pytest.mark.parametrize("n_masked", [1, 10])
+@pytest.mark.parametrize("which", ["one run", "compare", "with heads"])
+def test_analyze_rows_are_the_shared_headline_rows(stores, head_store, which, n_masked):
+    """The table is headline_rows (what `mechmoe demo` prints and the report draws) for
+    the same stores, then the random control's spread over its draws."""
+    moe, _, dense, _ = stores
+    paths = {"one run": [moe], "compare": [moe, dense], "with heads": [head_store]}[which]
+    args = ["analyze", str(paths[0]), "--n-masked", str(n_masked)]
+    if len(paths) > 1:
+        args += ["--compare", str(paths[1])]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows, expected = table_rows(res.output), shared_rows(paths, n_masked)
+    assert rows[: len(expected)] == expected
+    heads = [headline(summarize_run(open_store(p), n_masked=n_masked)) for p in paths]
+    assert rows[len(expected) :] == [
+        (
+            "HIT@10 drop, random heads: std over draws",
+            *(f"± {fmt(h['hit_drop_random_std'])}" for h in heads),
+        )
+    ]
+    if which == "with heads":
+        assert expected[2][0].startswith(f"HIT@10 drop, top-{n_masked} of 8 heads masked")
+
+
+def test_analyze_count_of_one_reads_singular(tmp_path):
+    one_draw = tmp_path / "one_draw.zarr"
+    write_store(one_draw, moe=True, seeds=1)
+    res = runner.invoke(app, ["analyze", str(one_draw), "--n-masked", "1"])
+    assert res.exit_code == 0, res.output
+    rows = table_rows(res.output)
+    assert rows == shared_rows([one_draw], 1)  # one draw: no spread row
+    labels = [r[0] for r in rows]
+    assert labels[2] == "HIT@10 drop, top-1 head masked"
+    assert labels[3] == "HIT@10 drop, 1 random head (control, mean of 1 draw)"
+    assert "1 random heads" not in res.output
+    assert not any(re.search(r"\b1 [a-z ]*heads\b|\b1 draws\b", label) for label in labels)

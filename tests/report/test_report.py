@@ -210,3 +210,97 @@ def test_captions_name_experts_the_probe_never_chose():
         "Experts with no slot at the final checkpoint: 2 in layer 0, 0 in layer 1."
         in routing.caption
     )
+
+
+def _headline_cells(page: str) -> list[tuple[str, ...]]:
+    import html
+
+    table = re.search(r"<table class='headline'>(.*?)</table>", page, re.S)
+    assert table, "the page has a headline table"
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)
+    return [tuple(html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", r)) for r in rows]
+
+
+def test_headline_table_is_the_shared_rows_at_every_count(tmp_path):
+    """Two masked-head counts, a note and a row measured elsewhere: the page shows exactly
+    what headline_rows gives (what `mechmoe demo` prints) for the same stores."""
+    from mechmoe.analysis import headline, summarize_run
+    from mechmoe.report import headline_rows
+
+    stores = [toy_store(moe=True), toy_store(moe=False)]
+    notes, extra = {1: "the share"}, [("a row from elsewhere", "0.900", "0.600")]
+    index = build_report(
+        *stores, tmp_path / "r", names=("MoE", "dense"), n_masked=(1, 5), count_notes=notes,
+        extra_rows=extra,
+    )  # fmt: skip
+    cells = _headline_cells(index.read_text(encoding="utf-8"))
+    assert cells[0] == ("measure", "MoE", "dense")
+    by_count = [[headline(summarize_run(ds, n_masked=n)) for ds in stores] for n in (1, 5)]
+    rows = headline_rows(stores, by_count, notes=notes, extra=extra)
+    assert cells[1:] == rows
+    labels = [r[0] for r in rows]
+    heads = 2 * 4  # the toy stores' layers × heads
+    assert labels == [
+        "top-1% backbone share",
+        "consolidation step (ρ vs final ≥ 0.9)",
+        f"HIT@10 drop, top-1 of {heads} heads masked (the share)",
+        f"HIT@10 drop, 1 random of {heads} heads (control, mean of 3 draws)",
+        f"HIT@10 drop, top-5 of {heads} heads masked ({100 * 5 / heads:.0f}%)",
+        f"HIT@10 drop, 5 random of {heads} heads (control, mean of 3 draws)",
+        "a row from elsewhere",
+    ]
+    for i, n in ((2, 1), (4, 5)):
+        for j, h in enumerate(by_count[(i - 2) // 2], start=1):
+            assert rows[i][j] == f"{100 * h['hit_drop_top']:.1f}%", (n, j)
+            assert rows[i + 1][j] == f"{100 * h['hit_drop_random']:.1f}%", (n, j)
+
+
+def test_headline_counts_take_the_singular_for_one():
+    from mechmoe.analysis import headline, summarize_run
+    from mechmoe.report import headline_rows
+
+    # no head scores (no head count known) and a single random draw
+    ds = toy_store(moe=True).drop_dims("head").isel(seed=[0])
+    rows = headline_rows([ds], [[headline(summarize_run(ds, n_masked=1))]])
+    assert rows[2][0] == "HIT@10 drop, top-1 head masked"
+    assert rows[3][0] == "HIT@10 drop, 1 random head (control, mean of 1 draw)"
+    ds10 = toy_store(moe=True).drop_dims("head")
+    rows = headline_rows([ds10], [[headline(summarize_run(ds10, n_masked=10))]])
+    assert rows[2][0] == "HIT@10 drop, top-10 heads masked"
+    assert rows[3][0] == "HIT@10 drop, 10 random heads (control, mean of 3 draws)"
+    assert not any(re.search(r"\b1 [a-z ]*heads\b", r[0]) for r in rows)
+
+
+def test_headline_rows_of_runs_with_different_head_counts():
+    from mechmoe.analysis import headline, summarize_run
+    from mechmoe.report import headline_rows
+
+    a, b = toy_store(moe=True), toy_store(moe=False)
+    b = b.drop_dims("head").assign(head_score=b["head_score"].isel(head=[0, 1]))  # 2 × 2 heads
+    rows = headline_rows([a, b], [[headline(summarize_run(ds, n_masked=1)) for ds in (a, b)]])
+    assert rows[2][0] == "HIT@10 drop, top-1 of 8 / 4 heads masked"
+
+
+def test_bad_headline_options_are_one_clear_error(tmp_path):
+    from mechmoe.core.errors import InvalidInputError
+
+    for bad in ((), (1, 1), (0,), (2, -1), 0):
+        with pytest.raises(InvalidInputError, match="n_masked"):
+            build_report(toy_store(moe=True), None, tmp_path / "r", n_masked=bad)
+    with pytest.raises(InvalidInputError, match="a measure and 1 value"):
+        build_report(toy_store(moe=True), None, tmp_path / "r", extra_rows=[("x", "1", "2")])
+    assert not (tmp_path / "r").exists()
+
+
+def test_consolidation_row_tells_never_from_not_measured():
+    from mechmoe.analysis import headline, summarize_run
+    from mechmoe.report import headline_rows
+
+    measured = toy_store(moe=True)
+    unmeasured = measured.drop_vars(["neuron_score", "neuron_n_chosen"])
+    one_step = measured.isel(step=[0])
+    got = {}
+    for name, ds in (("measured", measured), ("none", unmeasured), ("one", one_step)):
+        h = headline(summarize_run(ds, n_masked=1, tau=1.0))  # ρ = 1 only at the final checkpoint
+        got[name] = headline_rows([ds], [[h]])[1][1]
+    assert got == {"measured": "never", "none": "n/a", "one": "n/a"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import math
 import re
 
 import pytest
 
-from mechmoe.zoo.demo import DemoConfig, demo_dir, format_headline_rows, run_demo
+from mechmoe.zoo.demo import DemoConfig, demo_dir, run_demo
 from mechmoe.zoo.pretrain import tiny_zoo_config
 
 CFG = DemoConfig(
@@ -41,7 +43,7 @@ def test_demo_writes_stores_and_a_report(result):
     # the verdict table compares MoE with dense on the three claims
     assert len(result.checks) == 3
     assert {v for *_, v in result.checks} <= {"yes", "no", "not measured"}
-    rows = format_headline_rows(result)
+    rows = result.rows
     assert rows[0][0].startswith("top-1% backbone share")
     # the numbers printed are the analysis' numbers
     moe_share = result.headlines["moe"]["backbone_share"]
@@ -54,6 +56,29 @@ def test_demo_writes_stores_and_a_report(result):
     assert rows[2][2] == ("n/a" if drop != drop else f"{100 * drop:.1f}%")
     # 4 heads: no room for the paper's count of 10, so no second pair of masking rows
     assert result.count_headlines is None and len(rows) == 5
+
+
+def _page_rows(page: str) -> list[tuple[str, ...]]:
+    """The rows of the report's headline table, as text."""
+    table = re.search(r"<table class='headline'>(.*?)</table>", page, re.S)
+    assert table, "the page has a headline table"
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)
+    cells = [tuple(html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", r)) for r in rows]
+    return cells[1:]  # after the column names
+
+
+def test_report_shows_the_rows_the_terminal_prints(result):
+    page = result.report.read_text(encoding="utf-8")
+    assert _page_rows(page) == result.rows
+    # including the held-out HIT@10 of the training log, which no store holds
+    held_out = result.rows[-1]
+    assert held_out[0] == "held-out HIT@10 city_country, last checkpoint"
+    last = [
+        result.training[k]["checkpoints"][-1]["eval"]["city_country"]["hit@10"]
+        for k in ("moe", "dense")
+    ]
+    assert held_out[1:] == tuple(f"{x:.3f}" for x in last)
+    assert "nnsight" in page  # the backend that measured the stores
 
 
 def test_masked_heads_follow_the_papers_share():
@@ -79,6 +104,50 @@ def test_masked_heads_follow_the_papers_share():
     assert _headline_counts(DemoConfig(zoo=tiny_zoo_config())) == (1,)
     grid = next(m for m in demo_measures(DemoConfig()) if m.name == "robustness").ns
     assert {1, 10} <= set(grid)
+
+
+def test_another_backend_measures_again_on_the_same_zoo(result, monkeypatch):
+    """--backend transformerlens: the zoo is reused as it is, every checkpoint is measured
+    again with the other backend into its own stores, and the numbers agree."""
+    pytest.importorskip("transformer_lens", reason="the transformerlens backend needs it")
+    import mechmoe.zoo.pretrain
+    from mechmoe.trajectory import open_store
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a backend change must not retrain the zoo")
+
+    monkeypatch.setattr(mechmoe.zoo.pretrain, "train_one", no_training)
+    monkeypatch.setattr(mechmoe.zoo.pretrain, "_train_side_by_side", no_training)
+    root = result.zoo.root.parent.parent
+    tl = run_demo(CFG, root=root, workers=1, backend="transformerlens")
+    assert tl.backend == "transformerlens" and tl.zoo.root == result.zoo.root
+    assert tl.report.parent == demo_dir(CFG, root, "transformerlens") / "report"
+    for kind, store in tl.stores.items():
+        assert store != result.stores[kind] and store.is_relative_to(tl.report.parent.parent)
+        assert tl.swept[kind] == result.swept[kind] > 0  # measured, not read from nnsight's
+        ds = open_store(store)
+        assert ds.attrs["backend"] == "transformerlens"
+        assert open_store(result.stores[kind]).attrs["backend"] == "nnsight"
+        for name, value in result.headlines[kind].items():
+            if isinstance(value, float):
+                got = tl.headlines[kind][name]
+                assert math.isclose(got, value, abs_tol=1e-5) or (
+                    math.isnan(got) and math.isnan(value)
+                ), name
+            else:
+                assert tl.headlines[kind][name] == value, name
+    assert tl.rows == result.rows
+    assert "transformerlens" in tl.report.read_text(encoding="utf-8")
+    # the first backend's stores and report are still there, untouched
+    assert result.report.is_file() and result.report != tl.report
+
+
+def test_unknown_backend_is_refused_before_any_training(tmp_path):
+    from mechmoe.core.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="did you mean 'nnsight'"):
+        run_demo(CFG, root=tmp_path, workers=1, backend="nnsigt")
+    assert not (tmp_path / "zoo").exists()
 
 
 def test_second_run_is_cached(result):
