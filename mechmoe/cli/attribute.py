@@ -273,13 +273,15 @@ def attribute(
         items = top_items(ds, top, model=handle)
         done = ds.attrs.get("precision", precision)  # levels without truncation run exact
         bound = (
-            f", bound {ds.attrs['bound']:.2g}, {ds.attrs.get('n_fallback', 0)} of "
-            f"{ds.attrs.get('n_pairs', 0)} pairs summed exactly"
+            f", bound {ds.attrs['bound']:.2g}; of {ds.attrs.get('n_pairs', 0)} pairs, "
+            f"{ds.attrs.get('n_moments', 0)} past the tail bound, "
+            f"{ds.attrs.get('n_fallback', 0)} summed exactly"
             if done != "exact"
             else ""
         )
         title = (
-            f"top {len(items)} {ds.attrs['level']} scores — {handle.name}, {len(texts)} prompts, "
+            f"top {len(items)} {ds.attrs['level']} scores — {handle.name}, "
+            f"{len(texts)} prompt{'' if len(texts) == 1 else 's'}, "
             f"target {target}, {done}{bound}"
         )
         console.print(_table(ds, items, title))

@@ -8,6 +8,7 @@ The public function validates options, plans the groups and builds the labeled r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechmoe.core.types import NormParams
-from mechmoe.ops._lpi_kernels import shared_direction_lpi, vector_lpi
+from mechmoe.ops._lpi_kernels import TailContext, UnembedStats, shared_direction_lpi, vector_lpi
 from mechmoe.ops.norm import frozen_stats
 
 if TYPE_CHECKING:
@@ -74,6 +75,11 @@ class _Readout:
             norm = NormParams(kind="rmsnorm", weight=norm.weight, bias=None, eps=COMPAT_EPS)
             b_U = None
         return cls(final=norm, W_U=W_U, b_U=None if b_U is None else b_U.detach().float())
+
+    @functools.cached_property
+    def unembed_stats(self) -> UnembedStats:
+        """The certified tail bound's statistics of ``W_U``, computed once per call."""
+        return UnembedStats.of(self.W_U)
 
     def sigma(self, final_resid: Tensor) -> Tensor:
         """Frozen σ of the final norm, one per prompt, shape ``(n, 1)``."""
@@ -233,7 +239,7 @@ class _Scorer:
         # and how many (prompt, neuron) pairs were scored / summed exactly
         self.bound_total = np.zeros(shape, dtype=np.float64) if level == "neuron" else None
         self.prompt_bound = np.zeros(n_prompts, dtype=np.float64)
-        self.stats: dict[str, int] = {"pairs": 0, "fallback": 0}
+        self.stats: dict[str, int] = {"pairs": 0, "moments": 0, "moment_dirs": 0, "fallback": 0}
         shared = [s for s in d.d_shared if s]
         self.I_sh = max(shared) if shared and level in ("neuron", "expert") else 0
         if self.I_sh:
@@ -372,6 +378,8 @@ class _Scorer:
         inv = 1.0 / (sigma * s_post)  # (n, 1)
         idx, gate, acts = self._routing(group, li)
         weights = model.ffn_weights(li)
+        # Certified mode's per-layer inputs, shared by every expert's call.
+        tail = TailContext(logp.float().exp(), ro.W_U) if self.precision != "exact" else None
         idx_np = idx.cpu().numpy()
         for e in np.unique(idx_np).tolist():
             b, s = np.nonzero(idx_np == e)
@@ -392,6 +400,8 @@ class _Scorer:
                 tolerance=self.tolerance,
                 budget=self.budget,
                 stats=self.stats,
+                unembed=ro.unembed_stats,
+                tail=None if tail is None else tail.select(bt),
             )
             self._note_bounds(group.index[b], bounds)
             if self.precision != "exact" and self.bound_total is not None:
@@ -416,6 +426,8 @@ class _Scorer:
                 tolerance=self.tolerance,
                 budget=self.budget,
                 stats=self.stats,
+                unembed=ro.unembed_stats,
+                tail=tail,
             )
             self._note_bounds(group.index, bounds)
             if self.precision != "exact":

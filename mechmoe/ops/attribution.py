@@ -33,6 +33,7 @@ from mechmoe._types import EXPERT, HEAD, LAYER, NEURON, PROMPT
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.progress import task
 from mechmoe.core.provenance import provenance
+from mechmoe.ops import _native
 from mechmoe.ops._lpi_scoring import COMPAT_EPS as COMPAT_EPS
 from mechmoe.ops._lpi_scoring import MAX_GROUP as MAX_GROUP
 from mechmoe.ops._lpi_scoring import _group_size, _merge, _Readout, _Scorer, _squeeze
@@ -204,7 +205,8 @@ def attribute(
         (``1e-4``; ``1e-6`` is below the fp32 rounding of the exact sum), summing
         exactly the pairs it cannot certify: ``score_bound`` bounds each item's error,
         ``prompt_bound`` each prompt's, ``attrs["bound"]`` is the largest and
-        ``attrs["n_fallback"]`` counts the pairs summed exactly. Other levels are always
+        ``attrs["n_fallback"]`` counts the pairs summed exactly (``attrs["n_moments"]``
+        those the tail bound left to the moment tier). Other levels are always
         exact and record ``attrs["precision"] = "exact"`` (``precision_requested`` keeps
         what was asked).
     memory_budget
@@ -394,7 +396,14 @@ def _to_dataset(
         position="last",
         bound=float(scorer.bound) if done != "exact" else 0.0,
         n_pairs=int(scorer.stats["pairs"]),
+        n_moments=int(scorer.stats["moments"]),
+        n_moment_dirs=int(scorer.stats["moment_dirs"]),
         n_fallback=int(scorer.stats["fallback"]),
+        kernel=(
+            "native"
+            if level == "neuron" and readout.W_U.device.type == "cpu" and _native.library()
+            else "torch"
+        ),
         precision_requested=precision,
         gold_rule=GOLD_RULE if target == "gold" else "",
         norm_treatment=readout.norm_treatment(model, reference_compat=reference_compat),

@@ -15,7 +15,7 @@ folders named ``step{N}-tokens{M}K`` (the names :mod:`mechmoe.trajectory.sources
 parses), each with the tokenizer, and ``training.json`` beside them holds the training
 loss and the held-out HIT@k of every checkpoint.
 
-Runs are cached under :func:`cache_root` (``$MECHMOE_CACHE``, else the XDG user cache
+Runs are cached under :func:`~mechmoe.core.cache.cache_root` (``$MECHMOE_CACHE``, else the XDG user cache
 directory) in a folder named after the config's digest. A file lock keeps two processes
 from training the same zoo at once (the second waits, then finds it done), and each
 model's folder appears only once its training is complete (written to a temporary folder
@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mechmoe.core import progress
+from mechmoe.core.cache import cache_root
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.writer import prepare_output
 from mechmoe.zoo.corpus import (
@@ -149,20 +149,6 @@ def tiny_zoo_config(**overrides: Any) -> ZooConfig:
 
 
 # ---- cache ----------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Where mechmoe caches trained models and sweeps.
-
-    ``$MECHMOE_CACHE`` if set, else the user cache directory (``$XDG_CACHE_HOME/mechmoe``,
-    by default ``~/.cache/mechmoe`` on Linux).
-    """
-    env = os.environ.get("MECHMOE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("mechmoe", appauthor=False))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from mechmoe.ops._lpi_kernels import _certified_log_sum, shared_direction_lpi
+from mechmoe.ops._lpi_kernels import (
+    TailContext,
+    UnembedStats,
+    _certified_log_sum,
+    _tail_bound_log_sum,
+    shared_direction_lpi,
+)
 from mechmoe.ops.attribution import attribute
 from mechmoe.testing import tiny_model
 
@@ -63,6 +69,103 @@ def test_moment_bound_holds_where_it_is_large(c_scale):
         assert float(err[ok].max()) > 1e-5
 
 
+def _tail_inputs(U, W_U, logp):
+    return {"unembed": UnembedStats.of(W_U), "tail": TailContext(logp.exp(), W_U)}
+
+
+@pytest.mark.parametrize("c_scale", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("flat", [False, True])
+def test_tail_bound_holds_where_it_is_large(c_scale, flat):
+    # The first tier forms P only at the head's columns; its raw bound (no tolerance
+    # filter) must still cover the error where it is far above rounding.
+    U, W_U, c, logp, _ = _data(7, c_scale=c_scale)
+    if flat:  # a near-uniform base distribution, like a random model's
+        logp = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
+    log_s, bound, todo = _tail_bound_log_sum(
+        U,
+        W_U,
+        c,
+        logp,
+        logp.exp(),
+        **_tail_inputs(U, W_U, logp),
+        tolerance=float("inf"),
+        budget=2**26,
+    )
+    want = _log_s_reference(U, W_U, c, logp)
+    ok = ~todo
+    assert ok.float().mean() > 0.5
+    err = (log_s.double() - want).abs()
+    assert (err[ok] <= bound.double()[ok] + ROUND).all()
+    if c_scale >= 0.3:
+        assert float(bound[ok].max()) > 1e-4  # a non-trivial bound is exercised
+        assert float(err[ok].max()) > 1e-5
+
+
+@pytest.mark.parametrize(("group", "top", "mid"), [(2, 8, 0), (3, 8, 100), (4, 64, 5000)])
+def test_tail_bound_holds_for_every_grouping(group, top, mid):
+    # Several prompt groups (each its own head), a second-moment term with no, some or
+    # all tail tokens taken one by one: every variant of the bound must hold.
+    U, W_U, c, logp, _ = _data(10, n=7, c_scale=0.5)
+    ctx = TailContext(logp.exp(), W_U, group=group, top=top, mid=mid)
+    assert len(ctx.heads) == -(-7 // group)
+    sub = torch.tensor([0, 2, 3, 6])
+    log_s, bound, todo = _tail_bound_log_sum(
+        U,
+        W_U,
+        c[sub],
+        logp[sub],
+        logp.exp()[sub],
+        unembed=UnembedStats.of(W_U),
+        tail=ctx.select(sub),
+        tolerance=float("inf"),
+        budget=2**26,
+    )
+    want = _log_s_reference(U, W_U, c[sub], logp[sub])
+    err = (log_s.double() - want).abs()
+    assert (~todo).float().mean() > 0.5
+    assert (err[~todo] <= bound.double()[~todo] + ROUND).all()
+    assert float(err[~todo].max()) > 1e-5  # a non-trivial error is bounded
+
+
+def test_tail_bound_needs_no_moments_on_a_flat_distribution():
+    # Near-uniform base probabilities and small coefficients: the tail bound certifies
+    # every pair, so neither P's moments nor the exact sum are needed.
+    U, W_U, c, logp, target = _data(8, c_scale=0.002)
+    logp = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
+    stats: dict[str, int] = {}
+    got, bound = shared_direction_lpi(
+        U, W_U, c, logp, target, precision="certified", tolerance=1e-4, stats=stats
+    )
+    assert stats == {"pairs": c.numel(), "moments": 0, "moment_dirs": 0, "fallback": 0}
+    want = _reference(U, W_U, c, logp, target)
+    assert ((got.double() - want).abs() <= bound.double() + ROUND).all()
+    assert float(bound.max()) <= 1e-4 and (bound > 0).all()
+
+
+def test_tail_bound_sums_its_head_exactly():
+    # A peaked distribution whose mass sits in the head: the tail bound shrinks with
+    # the tail's largest probability, so it is tighter than on a flat one.
+    U, W_U, c, logp, _ = _data(9, c_scale=0.3)
+    peaked = torch.log_softmax(torch.randn(logp.shape) * 6.0, -1)
+    flat = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
+    bounds = []
+    for lp in (peaked, flat):
+        log_s, bound, todo = _tail_bound_log_sum(
+            U,
+            W_U,
+            c,
+            lp,
+            lp.exp(),
+            **_tail_inputs(U, W_U, lp),
+            tolerance=float("inf"),
+            budget=2**26,
+        )
+        want = _log_s_reference(U, W_U, c, lp)
+        assert ((log_s.double() - want).abs()[~todo] <= bound.double()[~todo] + ROUND).all()
+        bounds.append(float(bound[~todo].median()))
+    assert bounds[0] < bounds[1]
+
+
 @pytest.mark.parametrize("tolerance", [1e-4, 1e-6])
 def test_certified_scores_within_bound_at_both_settings(tolerance):
     U, W_U, c, logp, target = _data(2)
@@ -74,7 +177,8 @@ def test_certified_scores_within_bound_at_both_settings(tolerance):
     assert float(bound.max()) <= tolerance
     assert ((got.double() - want).abs() <= bound.double() + ROUND).all()
     assert stats["pairs"] == c.numel()
-    assert 0 <= stats["fallback"] < c.numel()
+    assert 0 <= stats["fallback"] <= stats["moments"] <= c.numel()
+    assert stats["fallback"] < c.numel()
     assert (bound > 0).any()
 
 
@@ -187,3 +291,89 @@ def test_kernels_run_on_cuda(precision):
     want = _reference(U, W_U, c, logp, target)
     slack = torch.where(bound.cpu() == 0, 2e-4, ROUND).double()
     assert ((got.cpu().double() - want).abs() <= bound.cpu().double() + slack).all()
+
+
+def test_tail_bound_keeps_full_precision_on_a_large_vocabulary():
+    # 50k tokens and a head holding most of the mass: the tail's first moment is a
+    # difference of two vocabulary-long sums, so it must be accumulated in float64 or
+    # its rounding alone would exceed a 1e-6 bound.
+    g = torch.Generator().manual_seed(11)
+    n, k, d, vocab = 4, 24, 64, 50_000
+    U = torch.randn(k, d, generator=g)
+    W_U = torch.randn(vocab, d, generator=g) / d**0.5
+    c = torch.randn(n, k, generator=g) * 0.01
+    logits = torch.randn(n, vocab, generator=g)
+    logits[:, :40] += 9.0  # most of the mass on 40 tokens
+    logp = torch.log_softmax(logits, -1)
+    target = torch.randint(0, vocab, (n,), generator=g)
+    stats: dict[str, int] = {}
+    got, bound = shared_direction_lpi(
+        U, W_U, c, logp, target, precision="certified", tolerance=1e-6, stats=stats
+    )
+    assert stats["moments"] < c.numel()  # the tail bound certified some pairs itself
+    want = _reference(U, W_U, c, logp, target)
+    assert ((got.double() - want).abs() <= bound.double() + 3e-7).all()
+
+
+def test_attribute_certified_on_a_large_vocabulary_model():
+    # A random OLMoE-shaped model with a real-sized vocabulary (50k): fp32 accumulation
+    # over the vocabulary anywhere in the tail bound would show up here above 1e-6.
+    import transformers as tf
+
+    from mechmoe.model import Model
+    from mechmoe.testing import tiny_tokenizer
+
+    cfg = tf.OlmoeConfig(
+        vocab_size=50304,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    cfg._experts_implementation = "eager"
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, prm in hf.named_parameters():
+            if "norm" in name:
+                prm.fill_(1.0)
+            else:
+                prm.copy_(torch.randn(prm.shape, generator=gen) / prm.shape[-1] ** 0.5)
+    model = Model.from_hf(hf, tiny_tokenizer(), name="random-olmoe-50k")
+    prompts = PROMPTS * 3
+    exact = attribute(model, prompts, level="neuron", per_prompt=True)
+    cert = attribute(
+        model, prompts, level="neuron", per_prompt=True, precision="certified", tolerance=1e-6
+    )
+    assert cert.attrs["n_moments"] < cert.attrs["n_pairs"]  # the tail bound did work
+    diff = cert["score_per_prompt"].values - exact["score_per_prompt"].values
+    assert np.nanmax(np.abs(diff)) <= cert.attrs["bound"] + 3e-7
+
+
+@pytest.mark.real_weights
+def test_attribute_certified_on_real_weights(smollm2):
+    # SmolLM2's massive activations and peaked base distributions: most of p on a few
+    # head tokens, so the tail's first moment is a small difference of large sums.
+    prompts = ["The capital of France is", "Water is made of", "The Eiffel Tower is in"]
+    exact = attribute(smollm2, prompts, level="neuron", per_prompt=True)
+    cert = attribute(
+        smollm2,
+        prompts,
+        level="neuron",
+        per_prompt=True,
+        precision="certified",
+        tolerance=1e-6,
+    )
+    assert cert.attrs["kernel"] == exact.attrs["kernel"]
+    assert 0 < cert.attrs["n_moments"] < cert.attrs["n_pairs"]
+    diff = np.abs(cert["score_per_prompt"].values - exact["score_per_prompt"].values)
+    assert np.nanmax(diff) <= cert.attrs["bound"] + ROUND
