@@ -46,37 +46,9 @@ import torch  # noqa: E402
 
 def olmoe_shaped():
     """The random OLMoE-shaped model of the issue (weights N(0, 1/fan_in), seeded)."""
-    import transformers as tf
+    from mechmoe.zoo.tiny import random_olmoe
 
-    from mechmoe.model import Model
-    from mechmoe.testing import tiny_tokenizer
-
-    cfg = tf.OlmoeConfig(
-        vocab_size=50304,
-        hidden_size=256,
-        num_hidden_layers=16,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        num_experts=64,
-        num_experts_per_tok=8,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    cfg._experts_implementation = "eager"
-    torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-    return Model.from_hf(hf, tiny_tokenizer(), name="random-olmoe-shaped")
+    return random_olmoe()
 
 
 def prompts_for(n: int) -> list[str]:

@@ -184,12 +184,12 @@ class TailContext:
     ) -> None:
         n, vocab = p.shape
         dev = p.device
-        # p W_U in float64 (blocks of the vocabulary, each converted on the fly): the tail's
-        # first moment is a difference of two such sums, so fp32 accumulation over the
-        # vocabulary would cost more than the 1e-6 tolerance.
+        # p W_U: fp32 products over blocks of the vocabulary, summed in float64 (the
+        # tail's first moment is a difference of such sums, so one fp32 accumulation over
+        # the whole vocabulary could cost more than a 1e-6 tolerance).
         self.p_W = torch.zeros((n, W_U.shape[1]), dtype=torch.float64, device=dev)
-        for v0 in range(0, vocab, 4096):
-            self.p_W += p[:, v0 : v0 + 4096].double() @ W_U[v0 : v0 + 4096].double()
+        for v0 in range(0, vocab, 16384):
+            self.p_W += (p[:, v0 : v0 + 16384] @ W_U[v0 : v0 + 16384]).double()
         self.group_of = torch.arange(n, device=dev) // group
         self.p_tail_max = torch.empty(n, dtype=torch.float64, device=dev)
         self.tau = torch.empty(n, dtype=torch.float64, device=dev)  # each prompt's tail mass
@@ -405,12 +405,7 @@ def _tail_bound_log_sum(
         P_H = U @ tail.head_rows[g].T  # (k, |H|): P at the head's columns only
         lp_H = logp[rows[:, None], H[None, :]]
         p_H = p[rows[:, None], H[None, :]]
-        # Shifted only where |c·P| may reach 60 (see _exact_chunk).
-        shift = torch.zeros_like(cs)
-        big = (reach[rows] > 60.0).any(0).nonzero()[:, 0]
-        if big.numel():
-            lo, hi = torch.aminmax(P_H[big], dim=1)
-            shift[:, big] = torch.maximum(cs[:, big] * hi, cs[:, big] * lo)
+        shift = _native_shift(P_H, cs, reach[rows])
         if _native.usable(P_H, lp_H, cs, shift):
             head = shift.double() + _native.shifted_sums(P_H, lp_H, cs, shift).log()
         else:
@@ -438,6 +433,21 @@ def _tail_bound_log_sum(
     return log_s, half.float().nan_to_num(0.0), ~ok
 
 
+def _native_shift(P: Tensor, c: Tensor, reach: Tensor) -> Tensor:
+    """The shift of the fused kernel's sum for ``(prompt, direction)`` pairs.
+
+    None is needed where ``reach`` (a bound on ``|c · P_v|``, here
+    ``|c| ‖u‖ max_v ‖W_U[v]‖``) is at most 60: no fp32 overflow is possible and
+    ``log S ≥ min c·P ≥ −60`` stays far from underflow. Elsewhere: the exact row max.
+    """
+    shift = torch.zeros_like(c)
+    big = (reach > 60.0).any(0).nonzero()[:, 0]
+    if big.numel():
+        lo, hi = torch.aminmax(P[big], dim=1)
+        shift[:, big] = torch.maximum(c[:, big] * hi, c[:, big] * lo)
+    return shift
+
+
 def _exact_chunk(
     U: Tensor,
     W_U: Tensor,
@@ -458,14 +468,7 @@ def _exact_chunk(
     pw = P[:, target].T  # (n, kc)
     if _native.usable(P, logp, cc):
         # One fused pass in log space: no p underflows there, so no prompt is fragile.
-        # No shift is needed where |c·P_v| ≤ |c| ‖u‖ max‖W_U[v]‖ ≤ 60 (no fp32 overflow,
-        # and log S ≥ min c·P ≥ −60, far from underflow); elsewhere the exact row max.
-        reach = cc.abs() * U[k0:k1].norm(dim=1) * row_norm_max
-        hi = torch.zeros_like(cc)
-        big = (reach > 60.0).any(0).nonzero()[:, 0]
-        if big.numel():
-            pmin, pmax = torch.aminmax(P[big], dim=1)
-            hi[:, big] = torch.maximum(cc[:, big] * pmax, cc[:, big] * pmin)
+        hi = _native_shift(P, cc, cc.abs() * U[k0:k1].norm(dim=1) * row_norm_max)
         log_s = hi + _native.shifted_sums(P, logp, cc, hi).log().float()
         fragile_idx = fragile_idx[:0]
     else:

@@ -156,6 +156,58 @@ def tiny_model(family: str, *, seed: int = 0) -> Model:
     return Model.from_hf(tiny_hf_model(family, seed=seed), tiny_tokenizer(), name=f"tiny:{family}")
 
 
+def random_olmoe(
+    *,
+    vocab_size: int = 50304,
+    hidden_size: int = 256,
+    num_layers: int = 16,
+    num_experts: int = 64,
+    top_k: int = 8,
+    intermediate_size: int = 128,
+    num_heads: int = 4,
+    seed: int = 0,
+    name: str = "random-olmoe-shaped",
+) -> Model:
+    """A random-weight OLMoE of a chosen size, for work that needs a real vocabulary.
+
+    Weights are seeded ``N(0, 1/fan_in)`` and norm scales 1; the defaults are OLMoE's
+    layout at a fraction of its width (the attribution benchmark's workload). The
+    tokenizer is :func:`tiny_tokenizer`: token ids beyond its vocabulary exist in the
+    model but are never produced by it.
+    """
+    import torch
+    import transformers as tf
+
+    from mechmoe.model import Model
+
+    cfg = tf.OlmoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size,
+        num_experts=num_experts,
+        num_experts_per_tok=top_k,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    cfg._experts_implementation = "eager"
+    torch.manual_seed(seed)
+    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, prm in hf.named_parameters():
+            if "norm" in pname:
+                prm.fill_(1.0)
+            else:
+                prm.copy_(torch.randn(prm.shape, generator=gen) / prm.shape[-1] ** 0.5)
+    return Model.from_hf(hf, tiny_tokenizer(), name=name)
+
+
 def save_tiny(family: str, path: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny model and its tokenizer as a local folder laid out like a hub repo."""
     path = Path(path)
@@ -175,6 +227,7 @@ __all__ = [
     "CORPUS",
     "MOE_FAMILIES",
     "TINY_FAMILIES",
+    "random_olmoe",
     "save_tiny",
     "source",
     "tiny_hf_model",

@@ -318,37 +318,9 @@ def test_tail_bound_keeps_full_precision_on_a_large_vocabulary():
 def test_attribute_certified_on_a_large_vocabulary_model():
     # A random OLMoE-shaped model with a real-sized vocabulary (50k): fp32 accumulation
     # over the vocabulary anywhere in the tail bound would show up here above 1e-6.
-    import transformers as tf
+    from mechmoe.zoo.tiny import random_olmoe
 
-    from mechmoe.model import Model
-    from mechmoe.testing import tiny_tokenizer
-
-    cfg = tf.OlmoeConfig(
-        vocab_size=50304,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=32,
-        num_experts=8,
-        num_experts_per_tok=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    cfg._experts_implementation = "eager"
-    torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, prm in hf.named_parameters():
-            if "norm" in name:
-                prm.fill_(1.0)
-            else:
-                prm.copy_(torch.randn(prm.shape, generator=gen) / prm.shape[-1] ** 0.5)
-    model = Model.from_hf(hf, tiny_tokenizer(), name="random-olmoe-50k")
+    model = random_olmoe(hidden_size=64, num_layers=2, num_experts=8, top_k=2, intermediate_size=32)
     prompts = PROMPTS * 3
     exact = attribute(model, prompts, level="neuron", per_prompt=True)
     cert = attribute(
