@@ -136,7 +136,7 @@ TAIL_TOP = 64
 TAIL_GROUP = 32
 #: Tail tokens per group (the most likely beyond the head) whose probabilities enter the
 #: tail bound's second-moment term one by one; the rest share one largest probability.
-TAIL_MID = 2048
+TAIL_MID = 8192
 
 
 class UnembedStats:
@@ -213,7 +213,10 @@ class TailContext:
             W_S = W_U[S]
             self.heads.append(H)
             self.head_rows.append(W_U[H])
-            self.mid.append((W_S.T @ W_S, W_S.T @ (p_bar[S, None] * W_S), float(left.max())))
+            # G_S and M_S from one product: W_Sᵀ [W_S, p̄_S ⊙ W_S]
+            both = W_S.T @ torch.cat([W_S, p_bar[S, None] * W_S], dim=1)
+            d = W_U.shape[1]
+            self.mid.append((both[:, :d], both[:, d:], float(left.max())))
 
     def select(self, rows: Tensor) -> TailContext:
         """The same context for a subset of the prompts (one expert's call)."""
