@@ -7,7 +7,8 @@ Workloads:
   d_model 256, expert width 128, vocab 50,304.
 
 Every phase runs in its own subprocess (so its peak RSS is its own, model included),
-with the environment the CLI gives itself (``OMP_WAIT_POLICY=PASSIVE``), and the engine
+with the environment ``import mechmoe`` gives itself (``GOMP_SPINCOUNT``, a bounded
+OpenMP spin: mechmoe/core/threads.py), and the engine
 is called with its **default options** (what ``mechmoe attribute MODEL --level neuron``
 runs: default ``batch_size``, ``reference_compat=False``), plus ``per_prompt=True`` so
 the items can be compared. Phases: the baseline
@@ -38,8 +39,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-# What the CLI sets for itself before torch starts (mechmoe/cli/attribute.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# What `import mechmoe` sets before torch starts (mechmoe/core/threads.py).
+from mechmoe.core.threads import configure_openmp  # noqa: E402
+
+configure_openmp()
 
 import torch  # noqa: E402
 
@@ -334,6 +337,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
         "loadavg_start": os.getloadavg(),
     }
     results: list[dict] = []

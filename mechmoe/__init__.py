@@ -18,6 +18,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mechmoe._version import __version__ as __version__
+from mechmoe.core import threads as _threads
+
+# Before torch loads: OpenMP threads spin briefly, then sleep (mechmoe/core/threads.py).
+_threads.configure_openmp()
 
 if TYPE_CHECKING:
     from mechmoe.adapters import AdapterSpec as AdapterSpec

@@ -122,3 +122,21 @@ def test_capture_is_frozen():
     cap = tiny_model("llama").capture(["The capital"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         cap.logits = None  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("family", ["olmoe", "llama", "gpt2"])
+def test_logits_only_at_captured_positions_equal_the_full_forward(family):
+    # The pass computes logits only at the captured positions (logits_to_keep); read
+    # back per prompt they must equal a plain forward's at those positions, including
+    # positions that differ between left-padded prompts.
+    model = tiny_model(family)
+    prompts = ["The capital of France is", "Tokyo is", "One two three four five six"]
+    cap = model.capture(prompts, positions=[0, 2, -1])
+    with torch.no_grad():
+        full = model.hf_logits(cap.batch)
+    pos = cap.batch.positions
+    for b in range(len(prompts)):
+        for j in range(pos.shape[1]):
+            torch.testing.assert_close(
+                cap.logits[b, j], full[b, int(pos[b, j])], atol=1e-5, rtol=1e-5
+            )

@@ -7,8 +7,11 @@ trace (so only ``batch × pos`` rows are kept) and applies edits at their sites.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
+
+import torch
 
 from mechmoe.backends.base import Backend, RawCapture, RawLayer
 from mechmoe.core.edits import SITES, EditContext, apply_edits
@@ -20,6 +23,14 @@ def _envoy(root: Any, path: str) -> Any:
     for part in path.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
+
+
+def _keeps_logits(hf: Any) -> bool:
+    """Whether the HF model can compute logits at chosen positions only (``logits_to_keep``)."""
+    try:
+        return "logits_to_keep" in inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class NnsightBackend(Backend):
@@ -49,12 +60,21 @@ class NnsightBackend(Backend):
         def edit(site: str, layer: int, value: Any) -> Any:
             return apply_edits(edits, site, layer, value, ctx)
 
+        # Logits only at the captured positions: the unembedding over every position of a
+        # padded batch is the largest product of the pass (B·T·d·vocab) and only B·pos
+        # of its rows are read. ``logits_to_keep`` keeps the model's own head code.
+        kwargs: dict[str, Any] = {}
+        lpidx = pidx
+        if _keeps_logits(self.model.hf):
+            keep, lpidx = torch.unique(pidx, return_inverse=True)
+            kwargs["logits_to_keep"] = keep
         saved: list[dict[str, Any]] = []
         with self.envoy.trace(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
+            **kwargs,
         ):
             layers = _envoy(self.envoy, spec.layers)
             for li in range(dims.n_layers):
@@ -108,7 +128,7 @@ class NnsightBackend(Backend):
                 saved.append(rec)
 
             final_resid = _envoy(self.envoy, spec.final_norm).input[bidx, pidx].save()
-            logits_out = _envoy(self.envoy, spec.unembed).output[bidx, pidx].save()
+            logits_out = _envoy(self.envoy, spec.unembed).output[bidx, lpidx].save()
 
         return RawCapture(
             layers=tuple(

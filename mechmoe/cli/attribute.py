@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -208,10 +207,6 @@ def attribute(
         raise InvalidInputError(f"--target {target!r}: use top1 or gold")
     if precision not in ("exact", "certified", "bounded"):
         raise InvalidInputError(f"--precision {precision!r}: use exact or certified")
-    # The engine runs many short parallel loops; on shared cores OpenMP's default
-    # spin-waiting makes them several times slower (docs/performance.md). Only takes
-    # effect when torch has not been imported yet, as in a fresh CLI process.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if (prompts is None) == (probe is None):
         raise InvalidInputError("give exactly one of --prompts FILE or --probe NAME")
     budget = _parse_bytes(memory_budget)

@@ -26,6 +26,7 @@ import json
 import math
 import weakref
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
@@ -240,6 +241,22 @@ def weights_hash(model: Any, *, refresh: bool = False) -> str:
     except TypeError:  # not weak-referenceable: no cache
         pass
     return digest
+
+
+def weights_hash_soon(model: Any) -> Future[str] | None:
+    """:func:`weights_hash` started on a background thread (``None`` if not hashable).
+
+    For callers that hash a model they then run: the hash reads only the weights'
+    bytes, and ``hashlib`` releases the GIL while it does, so it overlaps the caller's
+    own work. Pass ``future.result()`` on as ``provenance(weights=...)``.
+    """
+    if not hasattr(getattr(model, "hf", model), "state_dict"):
+        return None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechmoe-weights-hash")
+    try:
+        return pool.submit(weights_hash, model)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
 
 
 def _model_attrs(model: Any, *, weights: bool | str) -> dict[str, Attr]:

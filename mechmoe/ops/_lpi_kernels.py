@@ -14,15 +14,18 @@ memory budget. On the CPU the exact sum over the vocabulary runs in one fused pa
 compiled kernel (:mod:`mechmoe.ops._native`), with the eager torch loop
 (:func:`log_shifted_sum`) as the fallback. :func:`shared_direction_lpi` also has a
 certified mode in three tiers: a tail bound that needs no full ``P`` at all
-(:func:`_tail_bound_log_sum`), then four moment products of ``P`` with a proven
-remainder (:func:`_certified_log_sum`) for the directions the first tier could not
-certify, then the exact sum for the pairs left.
+(:func:`_tail_bound_pairs`), then moment products of ``P`` with a proven remainder
+(:func:`_moments`, :func:`_moment_bound`) for the directions the first tier could not
+certify, then the exact sum for the pairs left (:func:`_later_tiers`, from the same
+``P``). :func:`shared_direction_blocks` runs them for many blocks of directions at once
+(every expert of a layer).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -95,28 +98,38 @@ def _exact_pairs(
     *,
     budget: int,
     prompt: Int[Tensor, " m"] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Float[Tensor, " m"]:
     """``log Σ_v exp(logp[b, v] + c · P[k, v])`` for listed ``(b, k)`` pairs, max-shifted.
 
     ``logp`` has one row per pair here (the torch path), or one per prompt with ``prompt``
-    naming each pair's row (the native path, which gathers nothing).
+    naming each pair's row (the native path, which gathers nothing). ``dtype`` is the
+    result's: float64 keeps the native kernel's shift and log unrounded.
     """
     if prompt is not None and _native.usable(P, logp, c):
-        pmin, pmax = torch.aminmax(P, dim=1)
-        shift = torch.maximum(c * pmax[rows], c * pmin[rows])
+        # Row extremes only of the rows the pairs use (a few of a large P, often).
+        used, at = torch.unique(rows, return_inverse=True)
+        if used.numel() * 2 < P.shape[0]:
+            pmin, pmax = torch.aminmax(P[used], dim=1)
+        else:
+            pmin, pmax = torch.aminmax(P, dim=1)
+            at = rows
+        shift = torch.maximum(c * pmax[at], c * pmin[at])
         sums = _native.pair_sums(P, logp, prompt, rows, c, shift)
-        out = (shift.double() + sums.log()).float()
+        out = (shift.double() + sums.log()).to(dtype)
         # Tiny sums may be made of clamped terms (the kernel's exp floors at e^-87, so a
         # vocabulary's worth of them stays far below _TINY): redone by the torch path.
         redo = (~torch.isfinite(out) | (sums < _TINY)).nonzero()[:, 0]
         if redo.numel():
-            out[redo] = _exact_pairs(P, c[redo], logp[prompt[redo]], rows[redo], budget=budget)
+            out[redo] = _exact_pairs(P, c[redo], logp[prompt[redo]], rows[redo], budget=budget).to(
+                dtype
+            )
         return out
     if prompt is not None:
         logp = logp[prompt]
     m, vocab = logp.shape
     step = max(1, budget // (64 * vocab))  # ~3 fp32 (pairs × vocab) temporaries
-    out = torch.empty(m, dtype=torch.float32, device=P.device)
+    out = torch.empty(m, dtype=dtype, device=P.device)
     for i0 in range(0, m, step):
         i1 = min(m, i0 + step)
         z = torch.addcmul(logp[i0:i1], c[i0:i1, None], P[rows[i0:i1]])
@@ -147,13 +160,31 @@ class UnembedStats:
     on first use) gives every direction's ``‖P_k‖² = u_kᵀ G u_k``.
     """
 
-    def __init__(self, W_U: Tensor) -> None:
+    def __init__(self, W_U: Tensor, *, budget: int = 4 * 2**30) -> None:
         self.W_U = W_U.detach()
-        self.row_norm_max = float(self.W_U.double().norm(dim=1).max())
+        # fp32 norms, raised by far more than their rounding (≤ d·2⁻²⁴ relative): a bound.
+        self.row_norm_max = float(self.W_U.float().norm(dim=1).max()) * (1 + 1e-4)
+        self.budget = budget
 
     @classmethod
-    def of(cls, W_U: Tensor) -> UnembedStats:
-        return cls(W_U)
+    def of(cls, W_U: Tensor, *, budget: int = 4 * 2**30) -> UnembedStats:
+        return cls(W_U, budget=budget)
+
+    def weighted_sum(self, p: Float[Tensor, "n vocab"]) -> Float[Tensor, "n d"]:
+        """``p W_U`` in float64 throughout.
+
+        Every direction's first moment ``u · (W_Uᵀ p)`` is read from it, with cancellation
+        over ``d``; an fp32 accumulation over thousands of tokens was measured 4e-5 off
+        (SmolLM2), far above a 1e-6 tolerance. ``W_U`` is converted 4,096 rows at a time
+        (as fast here as a float64 copy kept for the call, and no such copy in memory).
+        """
+        W = self.W_U.float()
+        vocab, d = W.shape
+        out = torch.zeros((p.shape[0], d), dtype=torch.float64, device=p.device)
+        step = max(1, min(vocab, 4096, self.budget // (32 * d)))
+        for v0 in range(0, vocab, step):
+            out += p[:, v0 : v0 + step].double() @ W[v0 : v0 + step].double()
+        return out
 
     @functools.cached_property
     def gram(self) -> Float[Tensor, "d d"]:
@@ -167,8 +198,8 @@ class TailContext:
     Prompts are pooled :data:`TAIL_GROUP` at a time. Per group: the head ``H`` (union of
     each prompt's :data:`TAIL_TOP` most likely tokens, summed exactly), the next
     :data:`TAIL_MID` tail tokens ``S`` by ``p̄_v = max_b p_bv`` (the group's largest
-    probability of each tail token) with ``G_S = Σ_S w_v w_vᵀ`` and
-    ``M_S = Σ_S p̄_v w_v w_vᵀ``, and ``θ = max p̄`` over the tokens left. Per prompt:
+    probability of each tail token) with ``M_S = Σ_S p̄_v w_v w_vᵀ`` (one ``d × d``
+    product), and ``θ = max p̄`` over the tokens left. Per prompt:
     ``p W_U`` (the first moment of every direction at once) and its largest tail
     probability. Everything is ``(prompt, vocab)`` or ``d × d`` work: no ``P``.
     """
@@ -181,21 +212,18 @@ class TailContext:
         group: int = TAIL_GROUP,
         top: int = TAIL_TOP,
         mid: int = TAIL_MID,
+        unembed: UnembedStats | None = None,
     ) -> None:
         n, vocab = p.shape
         dev = p.device
-        # p W_U: fp32 products over blocks of the vocabulary, summed in float64 (the
-        # tail's first moment is a difference of such sums, so one fp32 accumulation over
-        # the whole vocabulary could cost more than a 1e-6 tolerance).
-        self.p_W = torch.zeros((n, W_U.shape[1]), dtype=torch.float64, device=dev)
-        for v0 in range(0, vocab, 16384):
-            self.p_W += (p[:, v0 : v0 + 16384] @ W_U[v0 : v0 + 16384]).double()
+        # p W_U in float64: every direction's first moment is read from it.
+        self.p_W = (unembed if unembed is not None else UnembedStats.of(W_U)).weighted_sum(p)
         self.group_of = torch.arange(n, device=dev) // group
         self.p_tail_max = torch.empty(n, dtype=torch.float64, device=dev)
         self.tau = torch.empty(n, dtype=torch.float64, device=dev)  # each prompt's tail mass
         self.heads: list[Tensor] = []
         self.head_rows: list[Tensor] = []  # W_U[H] per group
-        self.mid: list[tuple[Tensor, Tensor, float]] = []
+        self.mid: list[tuple[Tensor, float]] = []  # (M_S, θ) per group
         for b0 in range(0, n, group):
             b1 = min(n, b0 + group)
             pg = p[b0:b1]
@@ -213,18 +241,7 @@ class TailContext:
             W_S = W_U[S]
             self.heads.append(H)
             self.head_rows.append(W_U[H])
-            # G_S and M_S from one product: W_Sᵀ [W_S, p̄_S ⊙ W_S]
-            both = W_S.T @ torch.cat([W_S, p_bar[S, None] * W_S], dim=1)
-            d = W_U.shape[1]
-            self.mid.append((both[:, :d], both[:, d:], float(left.max())))
-
-    def select(self, rows: Tensor) -> TailContext:
-        """The same context for a subset of the prompts (one expert's call)."""
-        out = object.__new__(TailContext)
-        out.p_W, out.group_of = self.p_W[rows], self.group_of[rows]
-        out.p_tail_max, out.tau = self.p_tail_max[rows], self.tau[rows]
-        out.heads, out.head_rows, out.mid = self.heads, self.head_rows, self.mid
-        return out
+            self.mid.append((W_S.T @ (p_bar[S, None] * W_S), float(left.max())))
 
 
 def shared_direction_lpi(
@@ -263,7 +280,7 @@ def shared_direction_lpi(
         that never forms ``P`` (:func:`_tail_bound_log_sum`: the prompts' top tokens
         summed exactly, the rest from its exact first moment and a second-moment bound,
         all matrix products), then the first four moments of ``P_k`` with a Taylor
-        remainder (:func:`_certified_log_sum`), then the exact sum (docs/attribution.md).
+        remainder (:func:`_moment_bound`), then the exact sum (docs/attribution.md).
     budget
         Bytes the temporaries may take.
     stats
@@ -297,47 +314,20 @@ def shared_direction_lpi(
     # such prompts take the max-shifted path instead.
     fragile = logp.min(dim=-1).values < -80.0
     if precision != "exact":
-        if unembed is None:
-            unembed = UnembedStats.of(W_U)
-        if tail is None:
-            tail = TailContext(p, W_U)
-        log_s, bnd, todo = _tail_bound_log_sum(
-            U, W_U, c, logp, p, unembed=unembed, tail=tail, tolerance=tolerance, budget=budget
-        )
-        # Second tier: the four moments of P for the directions with uncertified pairs.
-        need = todo.any(0).nonzero()[:, 0]
-        n_moments = int(todo.sum())
-        if need.numel():
-            ls_m, bnd_m, todo_m = _certified_log_sum(
-                U[need], W_U, c[:, need], p, tolerance=tolerance, budget=budget
-            )
-            # Keep, per pair, the tier that certified it more tightly.
-            b_old = torch.where(todo[:, need], math.inf, bnd[:, need])
-            take = ~todo_m & (bnd_m < b_old)
-            log_s[:, need] = torch.where(take, ls_m, log_s[:, need])
-            bnd[:, need] = torch.where(take, bnd_m, bnd[:, need])
-            todo[:, need] &= todo_m
-        todo |= fragile[:, None]
-        bnd[todo] = 0.0
-        if stats is not None:
-            stats["pairs"] = stats.get("pairs", 0) + n * k
-            stats["moments"] = stats.get("moments", 0) + n_moments
-            stats["moment_dirs"] = stats.get("moment_dirs", 0) + int(need.numel())
-            stats["fallback"] = stats.get("fallback", 0) + int(todo.sum())
-        # Exact sums for the pairs left: P only for the directions they need.
-        kc = _neuron_chunk(k, vocab, budget)
-        need = todo.any(0).nonzero()[:, 0]
-        for j0 in range(0, need.numel(), kc):
-            ks = need[j0 : j0 + kc]
-            b_idx, k_pos = todo[:, ks].nonzero(as_tuple=True)
-            P = U[ks] @ W_U.T
-            log_s[b_idx, ks[k_pos]] = _exact_pairs(
-                P, c[b_idx, ks[k_pos]], logp, k_pos, budget=budget, prompt=b_idx
-            )
-        pw = torch.einsum("kd,nd->nk", U, W_U[target])
-        return c * pw - log_s, bnd
+        rows = torch.arange(n, device=dev)
+        return shared_direction_blocks(
+            [(U, c, rows)],
+            W_U,
+            logp,
+            target,
+            tolerance=tolerance,
+            budget=budget,
+            stats=stats,
+            unembed=unembed,
+            tail=tail,
+        )[0]
     if unembed is None:
-        unembed = UnembedStats.of(W_U)
+        unembed = UnembedStats.of(W_U, budget=budget)
     fragile_idx = fragile.nonzero()[:, 0]
     kc = _neuron_chunk(k, vocab, budget)
     n_chunks = -(-k // kc)
@@ -363,10 +353,187 @@ def shared_direction_lpi(
     return scores, bounds
 
 
+def shared_direction_blocks(
+    blocks: Sequence[tuple[Tensor, Tensor, Tensor]],
+    W_U: Float[Tensor, "vocab d"],
+    logp: Float[Tensor, "n vocab"],
+    target: Int[Tensor, " n"],
+    *,
+    tolerance: float = 1e-4,
+    budget: int = 4 * 2**30,
+    stats: dict[str, int] | None = None,
+    unembed: UnembedStats | None = None,
+    tail: TailContext | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """Certified :func:`shared_direction_lpi` for several blocks of directions at once.
+
+    Each block is ``(U_j, c_j, prompts_j)``: ``k_j`` directions, their coefficients
+    ``(n_j, k_j)`` and which of the ``n`` prompts of ``logp`` its rows are (one expert of
+    a layer and the prompts that chose it). Every tier runs once over every (prompt,
+    direction) pair of all blocks, so a layer with many experts pays a few large
+    products instead of many small ones per expert: the tail bound
+    (:func:`_tail_bound_pairs`), then the moments and exact sums of the pairs left,
+    whose ``P`` is formed for chunks of directions taken across blocks
+    (:func:`_later_tiers`). Returns ``(scores, bounds)`` per block, as
+    :func:`shared_direction_lpi` does.
+    """
+    dev = W_U.device
+    W_U = W_U.float()
+    logp = logp.float()
+    p = logp.exp()
+    if unembed is None:
+        unembed = UnembedStats.of(W_U, budget=budget)
+    if tail is None:
+        tail = TailContext(p, W_U, unembed=unembed)
+    fragile = logp.min(dim=-1).values < -80.0
+    out: list[tuple[Tensor, Tensor]] = []
+    # Blocks are taken together while their directions' head products stay within a
+    # quarter of the budget (all of a layer's experts, for models of OLMoE's size).
+    head_cols = max((h.numel() for h in tail.heads), default=1)
+    max_dirs = max(1, budget // (16 * (W_U.shape[1] + head_cols)))
+    j = 0
+    while j < len(blocks):
+        chunk = [blocks[j]]
+        total = blocks[j][0].shape[0]
+        while (
+            j + len(chunk) < len(blocks) and total + blocks[j + len(chunk)][0].shape[0] <= max_dirs
+        ):
+            total += blocks[j + len(chunk)][0].shape[0]
+            chunk.append(blocks[j + len(chunk)])
+        j += len(chunk)
+        U_all = torch.cat([u.float() for u, _, _ in chunk])
+        offsets = [0]
+        for u, _, _ in chunk:
+            offsets.append(offsets[-1] + u.shape[0])
+        rows, prompt, coef = [], [], []
+        for (_u, cj, pj), o in zip(chunk, offsets, strict=False):
+            nj, kj = cj.shape
+            rows.append((o + torch.arange(kj, device=dev)).repeat(nj))
+            prompt.append(pj.to(dev).repeat_interleave(kj))
+            coef.append(cj.float().reshape(-1))
+        c_all, rows_all, prompt_all = torch.cat(coef), torch.cat(rows), torch.cat(prompt)
+        log_s, bnd, todo = _tail_bound_pairs(
+            U_all,
+            W_U,
+            c_all,
+            rows_all,
+            prompt_all,
+            logp,
+            p,
+            unembed=unembed,
+            tail=tail,
+            tolerance=tolerance,
+            budget=budget,
+        )
+        _later_tiers(
+            U_all,
+            W_U,
+            c_all,
+            rows_all,
+            prompt_all,
+            logp,
+            p,
+            tail.p_W,
+            fragile,
+            log_s,
+            bnd,
+            todo,
+            tolerance=tolerance,
+            budget=budget,
+            stats=stats,
+        )
+        at = 0
+        for u, cj, pj in chunk:
+            nj, kj = cj.shape
+            sl = slice(at, at + nj * kj)
+            at += nj * kj
+            pw = torch.einsum("kd,nd->nk", u.float(), W_U[target[pj.to(dev)]])
+            out.append((cj.float() * pw - log_s[sl].view(nj, kj), bnd[sl].view(nj, kj)))
+    return out
+
+
+def _later_tiers(
+    U: Float[Tensor, "D d"],
+    W_U: Float[Tensor, "vocab d"],
+    c: Float[Tensor, " m"],
+    rows: Int[Tensor, " m"],
+    prompt: Int[Tensor, " m"],
+    logp: Float[Tensor, "n vocab"],
+    p: Float[Tensor, "n vocab"],
+    p_W: Float[Tensor, "n d"],
+    fragile: Tensor,
+    log_s: Float[Tensor, " m"],
+    bnd: Float[Tensor, " m"],
+    todo: Tensor,
+    *,
+    tolerance: float,
+    budget: int,
+    stats: dict[str, int] | None,
+) -> None:
+    """Tiers two and three, in place, for the listed pairs the tail bound left (``todo``).
+
+    The directions concerned are taken up to :func:`_neuron_chunk` at a time, whichever
+    block (expert) they belong to, so ``P`` is formed in products of many rows; each
+    chunk's ``P`` serves the moment tier (:func:`_moments`, over the prompts that have
+    a pair in the chunk) and then the exact sums of the pairs left (and of every pair
+    of a prompt whose probabilities underflow fp32). ``p_W`` is ``p W_U`` (float64), so
+    the first moment is exact.
+    """
+    vocab = W_U.shape[0]
+    frag = fragile[prompt]
+    n_moments = int(todo.sum())
+    moment_dirs = int(torch.unique(rows[todo]).numel())
+    need = torch.unique(rows[todo | frag])
+    kc = _neuron_chunk(max(1, need.numel()), vocab, budget)
+    order = torch.argsort(rows, stable=True)
+    sorted_rows = rows[order]
+    m0 = p.sum(-1, dtype=torch.float64)
+    for j0 in range(0, need.numel(), kc):
+        ks = need[j0 : j0 + kc]
+        lo = int(torch.searchsorted(sorted_rows, ks[:1]))
+        hi = int(torch.searchsorted(sorted_rows, ks[-1:], right=True))
+        cand = order[lo:hi]  # pairs whose direction lies in ks's range
+        pos = torch.searchsorted(ks, rows[cand]).clamp_max(ks.numel() - 1)
+        keep = ks[pos] == rows[cand]
+        cand, pos = cand[keep], pos[keep]
+        P = U[ks] @ W_U.T  # (chunk, vocab): for both tiers
+        if todo[cand].any():
+            users, at = torch.unique(prompt[cand], return_inverse=True)
+            m2, m3, m4, sq_max = _moments(P, p[users])
+            m1 = (p_W[users] @ U[ks].to(p_W.dtype).T)[at, pos]
+            ls_m, bnd_m, todo_m = _moment_bound(
+                c[cand],
+                m0[prompt[cand]],
+                m1,
+                m2[at, pos],
+                m3[at, pos],
+                m4[at, pos],
+                sq_max[pos],
+                tolerance=tolerance,
+            )
+            # Keep, per pair, the tier that certified it more tightly.
+            b_old = torch.where(todo[cand], math.inf, bnd[cand])
+            take = ~todo_m & (bnd_m < b_old)
+            log_s[cand] = torch.where(take, ls_m, log_s[cand])
+            bnd[cand] = torch.where(take, bnd_m, bnd[cand])
+            todo[cand] &= todo_m
+        ex = todo[cand] | frag[cand]
+        if ex.any():
+            idx = cand[ex]
+            log_s[idx] = _exact_pairs(P, c[idx], logp, pos[ex], budget=budget, prompt=prompt[idx])
+    todo |= frag
+    bnd[todo] = 0.0
+    if stats is not None:
+        stats["pairs"] = stats.get("pairs", 0) + int(c.numel())
+        stats["moments"] = stats.get("moments", 0) + n_moments
+        stats["moment_dirs"] = stats.get("moment_dirs", 0) + moment_dirs
+        stats["fallback"] = stats.get("fallback", 0) + int(todo.sum())
+
+
 def _tail_bound_log_sum(
     U: Float[Tensor, "k d"],
     W_U: Float[Tensor, "vocab d"],
-    c: Float[Tensor, "n k"],
+    c: Float[Tensor, "r k"],
     logp: Float[Tensor, "n vocab"],
     p: Float[Tensor, "n vocab"],
     *,
@@ -374,65 +541,110 @@ def _tail_bound_log_sum(
     tail: TailContext,
     tolerance: float,
     budget: int,
-) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k"], Tensor]:
-    """``log Σ_v p_v e^{c P_kv}`` certified without forming ``P``: GEMM work only.
+    prompts: Int[Tensor, " r"] | None = None,
+) -> tuple[Float[Tensor, "r k"], Float[Tensor, "r k"], Tensor]:
+    """:func:`_tail_bound_pairs` for every ``(prompt, direction)`` pair of ``c``.
 
-    For each prompt group of ``tail`` (:class:`TailContext`), the sum over the head ``H``
-    is exact (``P`` only at those columns: ``U W_U[H]ᵀ``). On the tail ``R = V ∖ H``, with
-    ``x_v = c P_kv``, ``0 ≤ e^x − 1 − x ≤ e^{max(x, 0)} x²/2`` gives
+    ``logp``/``p`` hold the rows of ``tail``'s prompts; ``prompts`` says which of them
+    the rows of ``c`` are (default: all, in order).
+    """
+    n, k = c.shape
+    dev = W_U.device
+    pr = torch.arange(logp.shape[0], device=dev) if prompts is None else prompts.to(dev)
+    rows = torch.arange(k, device=dev).repeat(n)
+    log_s, half, todo = _tail_bound_pairs(
+        U,
+        W_U,
+        c.float().reshape(-1),
+        rows,
+        pr.repeat_interleave(k),
+        logp,
+        p,
+        unembed=unembed,
+        tail=tail,
+        tolerance=tolerance,
+        budget=budget,
+    )
+    return log_s.view(n, k), half.view(n, k), todo.view(n, k)
+
+
+def _tail_bound_pairs(
+    U: Float[Tensor, "D d"],
+    W_U: Float[Tensor, "vocab d"],
+    c: Float[Tensor, " m"],
+    rows: Int[Tensor, " m"],
+    prompt: Int[Tensor, " m"],
+    logp: Float[Tensor, "n vocab"],
+    p: Float[Tensor, "n vocab"],
+    *,
+    unembed: UnembedStats,
+    tail: TailContext,
+    tolerance: float,
+    budget: int,
+) -> tuple[Float[Tensor, " m"], Float[Tensor, " m"], Tensor]:
+    """``log Σ_v p_v e^{c P_kv}`` certified without forming ``P``, for listed pairs.
+
+    Pair ``i`` is direction ``U[rows[i]]`` with coefficient ``c[i]`` on prompt
+    ``prompt[i]`` (a row of ``logp`` and of ``tail``). For each prompt group of ``tail``
+    (:class:`TailContext`), the sum over the head ``H`` is exact (``P`` only at those
+    columns: ``U W_U[H]ᵀ``). On the tail ``R = V ∖ H``, with ``x_v = c P_kv``,
+    ``0 ≤ e^x − 1 − x ≤ e^{max(x, 0)} x²/2`` gives
 
         ``S_lo ≤ S ≤ S_lo + e^h c²/2 · m_2``,  ``S_lo = Σ_H p_v e^{x_v} + τ + c m_1``,
 
     with ``τ = Σ_R p_v``, the tail's exact first moment
     ``m_1 = u_k · (W_Uᵀ p) − Σ_H p_v P_kv``, ``h = |c| ‖u_k‖ max_v ‖W_U[v]‖ ≥ max_v x_v`` and
     ``m_2 ≥ Σ_R p_v P_kv²`` the smaller of two bounds: ``max_R p_v · Σ_R P_kv²`` and
-    ``u_kᵀ M_S u_k + θ · (Σ_R P_kv² − u_kᵀ G_S u_k)``, where
+    ``u_kᵀ M_S u_k + θ · Σ_R P_kv²`` (on ``S``, ``p_v ≤ p̄_v``; beyond it, ``p_v ≤ θ``), where
     ``Σ_R P_kv² = u_kᵀ W_Uᵀ W_U u_k − Σ_H P_kv²`` (Gram matrices, no ``P``). The estimate is
-    the log-midpoint of the interval and the bound half its log-width. Returns
-    ``(log S, bound, todo)``; ``todo`` marks pairs whose bound exceeds ``tolerance`` or
-    whose interval is unusable.
+    the log-midpoint of the interval and the bound half its log-width. Every quantity
+    of a direction or a (prompt, direction) is computed once, however many pairs share
+    it. Returns ``(log S, bound, todo)``; ``todo`` marks pairs whose bound exceeds
+    ``tolerance`` or whose interval is unusable.
     """
-    n, k = c.shape
+    m = c.shape[0]
     dev = W_U.device
-    norm_sq = ((U @ unembed.gram.to(dev)) * U).sum(1).double()  # ‖P_k‖², (k,)
-    reach = (c.double().abs() * U.norm(dim=1).double() * unembed.row_norm_max).clamp_max(700.0)
-    log_s = torch.empty((n, k), dtype=torch.float32, device=dev)
-    half = torch.zeros((n, k), dtype=torch.float64, device=dev)
-    ok = torch.zeros((n, k), dtype=torch.bool, device=dev)
-    m_full = tail.p_W @ U.double().T  # (n, k): u_k · (W_Uᵀ p), the whole vocabulary's m_1
-    for g in torch.unique(tail.group_of).tolist():
-        rows = (tail.group_of == g).nonzero()[:, 0]
+    norm_sq = ((U @ unembed.gram.to(dev)) * U).sum(1).double()  # ‖P_k‖², (D,)
+    u_norm = U.norm(dim=1).double()
+    reach = (c.double().abs() * u_norm[rows] * unembed.row_norm_max).clamp_max(700.0)
+    log_s = torch.empty(m, dtype=torch.float32, device=dev)
+    half = torch.zeros(m, dtype=torch.float64, device=dev)
+    ok = torch.zeros(m, dtype=torch.bool, device=dev)
+    group = tail.group_of[prompt]
+    n = tail.group_of.shape[0]
+    local_of = torch.empty(n, dtype=torch.long, device=dev)
+    for g in torch.unique(group).tolist():
+        sel = (group == g).nonzero()[:, 0]
+        members = (tail.group_of == g).nonzero()[:, 0]  # the group's prompts
+        local_of[members] = torch.arange(members.numel(), device=dev)
+        local = local_of[prompt[sel]]
+        dirs, d_of = torch.unique(rows[sel], return_inverse=True)  # the group's directions
+        Ud = U[dirs]
         H = tail.heads[g]
-        G_S, M_S, theta = tail.mid[g]
-        cs = c[rows]
-        P_H = U @ tail.head_rows[g].T  # (k, |H|): P at the head's columns only
-        lp_H = logp[rows[:, None], H[None, :]]
-        p_H = p[rows[:, None], H[None, :]]
-        shift = _native_shift(P_H, cs, reach[rows])
-        if _native.usable(P_H, lp_H, cs, shift):
-            head = shift.double() + _native.shifted_sums(P_H, lp_H, cs, shift).log()
-        else:
-            head = (shift + log_shifted_sum(P_H, cs, p_H, shift, budget=budget)).double()
-        tau = tail.tau[rows, None]
-        m1 = m_full[rows] - p_H.double() @ P_H.double().T
+        M_S, theta = tail.mid[g]
+        cs = c[sel]
+        P_H = Ud @ tail.head_rows[g].T  # (|dirs|, |H|): P at the head's columns only
+        lp_H = logp[members[:, None], H[None, :]]
+        p_H = p[members[:, None], H[None, :]]
+        head = _exact_pairs(P_H, cs, lp_H, d_of, budget=budget, prompt=local, dtype=torch.float64)
+        # m_1 per (prompt, direction) of the group, then read at the pairs.
+        m1 = tail.p_W[members] @ Ud.double().T - p_H.double() @ P_H.double().T
+        m1 = m1[local, d_of]
         # Σ_R P² from the Gram form minus the head's part; the relative slack covers the
         # fp32 rounding of the Gram products.
-        slack = 1e-5 * norm_sq
-        tail_sq = (norm_sq - P_H.square().sum(1).double()).clamp_min(0.0) + slack
-        in_s = ((U @ G_S) * U).sum(1).double()
-        m2_s = ((U @ M_S) * U).sum(1).double() * (1 + 1e-5)
-        m2 = torch.minimum(
-            tail.p_tail_max[rows, None] * tail_sq,
-            (m2_s + theta * ((tail_sq - in_s).clamp_min(0.0) + slack))[None],
-        )
+        slack = 1e-5 * norm_sq[dirs]
+        tail_sq = (norm_sq[dirs] - P_H.square().sum(1).double()).clamp_min(0.0) + slack
+        m2_mid = ((Ud @ M_S) * Ud).sum(1).double() * (1 + 1e-5) + theta * tail_sq
+        pr = prompt[sel]
+        m2 = torch.minimum(tail.p_tail_max[pr] * tail_sq[d_of], m2_mid[d_of])
         c64 = cs.double()
-        s_lo = head.exp() + tau + c64 * m1
-        width = torch.exp(reach[rows]) * c64.square() / 2 * m2
+        s_lo = head.exp() + tail.tau[pr] + c64 * m1
+        width = torch.exp(reach[sel]) * c64.square() / 2 * m2
         hw = 0.5 * torch.log1p(width / s_lo)
         est = torch.log(s_lo) + hw
-        half[rows] = hw
-        log_s[rows] = est.float()
-        ok[rows] = (s_lo > 0) & torch.isfinite(hw) & torch.isfinite(est) & (hw <= tolerance)
+        half[sel] = hw
+        log_s[sel] = est.float()
+        ok[sel] = (s_lo > 0) & torch.isfinite(hw) & torch.isfinite(est) & (hw <= tolerance)
     return log_s, half.float().nan_to_num(0.0), ~ok
 
 
@@ -497,13 +709,85 @@ def _certified_log_sum(
     tolerance: float,
     budget: int,
 ) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k"], Tensor]:
+    """:func:`_moment_log_sum` for every direction of ``U``, ``P`` formed in chunks."""
+    n, k = c.shape
+    vocab = W_U.shape[0]
+    p_W = p.double() @ W_U.double()
+    log_s = torch.empty((n, k), dtype=torch.float32, device=W_U.device)
+    half = torch.empty_like(log_s)
+    todo = torch.empty((n, k), dtype=torch.bool, device=W_U.device)
+    kc = _neuron_chunk(k, vocab, budget)
+    for k0 in range(0, k, kc):
+        k1 = min(k, k0 + kc)
+        P = U[k0:k1] @ W_U.T
+        m1 = p_W @ U[k0:k1].double().T
+        log_s[:, k0:k1], half[:, k0:k1], todo[:, k0:k1] = _moment_log_sum(
+            P, c[:, k0:k1], p, m1, tolerance=tolerance
+        )
+    return log_s, half, todo
+
+
+def _moment_log_sum(
+    P: Float[Tensor, "k vocab"],
+    c: Float[Tensor, "n k"],
+    p: Float[Tensor, "n vocab"],
+    m1: Float[Tensor, "n k"],
+    *,
+    tolerance: float,
+) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k"], Tensor]:
+    """:func:`_moment_bound` for every ``(prompt, direction)`` of ``c`` (``m_1`` given)."""
+    m2, m3, m4, sq_max = _moments(P, p)
+    m0 = p.sum(-1, keepdim=True, dtype=torch.float64).expand_as(m2)
+    return _moment_bound(c, m0, m1, m2, m3, m4, sq_max.expand_as(m2), tolerance=tolerance)
+
+
+def _moments(
+    P: Float[Tensor, "k vocab"], p: Float[Tensor, "n vocab"]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``m_j = Σ_v p_v P_kv^j`` for ``j = 2, 3, 4`` (float64, ``(n, k)``) and ``max_v P_kv²``.
+
+    One fp32 matrix product of ``p`` with three powers of each vocabulary block of
+    ``P`` side by side, accumulated in fp32 over the blocks (positive ``m_2``, ``m_4``;
+    small ``m_3``); no exp per vocabulary entry. (Bounding ``m_4 ≤ max P² · m_2``
+    instead, to save a power, was measured to double the exact sums: not worth it.)
+    """
+    n = p.shape[0]
+    kn, vocab = P.shape
+    dev = P.device
+    vb = min(vocab, _MOMENT_BLOCK)
+    acc = torch.zeros((n, 3 * kn), dtype=P.dtype, device=dev)
+    powers = torch.empty((3, kn, vb), dtype=P.dtype, device=dev)
+    sq_max = torch.zeros(kn, dtype=P.dtype, device=dev)
+    for v0 in range(0, vocab, vb):
+        v1 = min(vocab, v0 + vb)
+        pw = powers if v1 - v0 == vb else powers[:, :, : v1 - v0]
+        blk = P[:, v0:v1]
+        torch.mul(blk, blk, out=pw[0])
+        torch.mul(pw[0], blk, out=pw[1])
+        torch.mul(pw[0], pw[0], out=pw[2])
+        torch.maximum(sq_max, pw[0].amax(dim=1), out=sq_max)
+        acc.addmm_(p[:, v0:v1].to(P.dtype), pw.reshape(3 * kn, v1 - v0).T)
+    m2, m3, m4 = acc.view(n, 3, kn).permute(1, 0, 2).double()
+    return m2, m3, m4, sq_max.double()
+
+
+def _moment_bound(
+    c: Tensor,
+    m0: Tensor,
+    m1: Tensor,
+    m2: Tensor,
+    m3: Tensor,
+    m4: Tensor,
+    sq_max: Tensor,
+    *,
+    tolerance: float,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``log Σ_v p_v e^{c P_kv}`` from moments, with a proven bound; which pairs need more.
 
-    With ``x_v = c · P_kv`` and ``m_j = Σ_v p_v P_kv^j`` (``j = 0..4``: one fp32 matrix
-    product of ``p`` with the four powers of each vocabulary block of ``P``, so no exp per
-    vocabulary entry and no full ``P`` held), Taylor's theorem with Lagrange remainder
-    gives ``e^x = 1 + x + x²/2 + x³/6 + e^ξ x⁴/24`` with ``ξ`` between 0 and ``x``, hence,
-    with ``h = |c| max_v |P_kv| ≥ max(0, max_v x_v)``,
+    Elementwise over pairs. With ``x_v = c · P_kv`` and ``m_j = Σ_v p_v P_kv^j``, Taylor's
+    theorem with Lagrange remainder gives ``e^x = 1 + x + x²/2 + x³/6 + e^ξ x⁴/24`` with
+    ``ξ`` between 0 and ``x``, hence, with ``h = |c| max_v |P_kv| ≥ max(0, max_v x_v)``
+    (``sq_max = max_v P_kv²``),
 
         ``Ŝ ≤ S ≤ Ŝ + e^h c⁴ m_4 / 24``,  ``Ŝ = m_0 + c m_1 + c² m_2/2 + c³ m_3/6``.
 
@@ -511,38 +795,10 @@ def _certified_log_sum(
     log-width. Returns ``(log S estimate, bound, todo)`` where ``todo`` marks pairs whose
     bound exceeds ``tolerance`` (or whose interval is unusable); those need the exact sum.
     """
-    n, k = c.shape
-    vocab = W_U.shape[0]
-    dev = W_U.device
-    vb = min(vocab, _MOMENT_BLOCK)
-    # Per direction chunk: (kc × vb) fp32 block and its three powers, plus (n × 4kc) fp32
-    # and (5 × n × kc) float64 accumulators, within a quarter of the budget.
-    kc = max(1, min(k, budget // (4 * (16 * vb + 40 * max(1, n)))))
-    m = torch.zeros((5, n, k), dtype=torch.float64, device=dev)
-    m[0] = p.sum(-1, keepdim=True, dtype=torch.float64)
-    sq_max = torch.zeros(k, dtype=U.dtype, device=dev)  # max_v P_kv²
-    for k0 in range(0, k, kc):
-        k1 = min(k, k0 + kc)
-        Uc = U[k0:k1]
-        kn = k1 - k0
-        # The four powers of each P block side by side: one GEMM with p per block,
-        # accumulated in fp32 over the blocks (positive m_2, m_4; tiny m_1, m_3).
-        acc = torch.zeros((n, 4 * kn), dtype=U.dtype, device=dev)
-        powers = torch.empty((4, kn, vb), dtype=U.dtype, device=dev)
-        for v0 in range(0, vocab, vb):
-            v1 = min(vocab, v0 + vb)
-            pw = powers if v1 - v0 == vb else powers[:, :, : v1 - v0]
-            torch.matmul(Uc, W_U[v0:v1].T, out=pw[0])  # one block of P, never the whole
-            torch.mul(pw[0], pw[0], out=pw[1])
-            torch.mul(pw[1], pw[0], out=pw[2])
-            torch.mul(pw[1], pw[1], out=pw[3])
-            torch.maximum(sq_max[k0:k1], pw[1].amax(dim=1), out=sq_max[k0:k1])
-            acc.addmm_(p[:, v0:v1], pw.reshape(4 * kn, v1 - v0).T)
-        m[1:, :, k0:k1] = acc.view(n, 4, kn).permute(1, 0, 2).double()
     c64 = c.double()
     x_hi = c64.abs() * sq_max.double().sqrt()  # ≥ max_v c·P_kv
-    s_hat = m[0] + c64 * (m[1] + c64 * (m[2] / 2 + c64 * m[3] / 6))
-    err = torch.exp(x_hi) * c64.pow(4) * m[4] / 24
+    s_hat = m0 + c64 * (m1.double() + c64 * (m2 / 2 + c64 * m3 / 6))
+    err = torch.exp(x_hi) * c64.pow(4) * m4 / 24
     half = 0.5 * torch.log1p(err / s_hat)
     log_s = torch.log(s_hat) + half
     todo = ~(torch.isfinite(half) & (s_hat > 0) & torch.isfinite(log_s) & (half <= tolerance))
@@ -576,6 +832,7 @@ __all__ = [
     "TailContext",
     "UnembedStats",
     "log_shifted_sum",
+    "shared_direction_blocks",
     "shared_direction_lpi",
     "vector_lpi",
 ]

@@ -8,7 +8,6 @@ The public function validates options, plans the groups and builds the labeled r
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechmoe.core.types import NormParams
-from mechmoe.ops._lpi_kernels import TailContext, UnembedStats, shared_direction_lpi, vector_lpi
+from mechmoe.ops._lpi_kernels import (
+    TailContext,
+    UnembedStats,
+    shared_direction_blocks,
+    shared_direction_lpi,
+    vector_lpi,
+)
 from mechmoe.ops.norm import frozen_stats
 
 if TYPE_CHECKING:
@@ -75,11 +80,6 @@ class _Readout:
             norm = NormParams(kind="rmsnorm", weight=norm.weight, bias=None, eps=COMPAT_EPS)
             b_U = None
         return cls(final=norm, W_U=W_U, b_U=None if b_U is None else b_U.detach().float())
-
-    @functools.cached_property
-    def unembed_stats(self) -> UnembedStats:
-        """The certified tail bound's statistics of ``W_U``, computed once per call."""
-        return UnembedStats.of(self.W_U)
 
     def sigma(self, final_resid: Tensor) -> Tensor:
         """Frozen σ of the final norm, one per prompt, shape ``(n, 1)``."""
@@ -215,6 +215,8 @@ class _Scorer:
         self.model, self.level, self.n = model, level, n_prompts
         self.readout = readout
         self.precision, self.tolerance, self.budget = precision, tolerance, budget
+        # The kernels' statistics of W_U (row norms, Gram), once per call.
+        self.unembed = UnembedStats.of(self.readout.W_U, budget=budget)
         self.per_prompt = per_prompt
         d = model.dims
         self.L = d.n_layers
@@ -378,9 +380,14 @@ class _Scorer:
         inv = 1.0 / (sigma * s_post)  # (n, 1)
         idx, gate, acts = self._routing(group, li)
         weights = model.ffn_weights(li)
-        # Certified mode's per-layer inputs, shared by every expert's call.
-        tail = TailContext(logp.float().exp(), ro.W_U) if self.precision != "exact" else None
+        # Certified mode's per-layer inputs, shared by every expert of the layer.
+        tail = (
+            TailContext(logp.float().exp(), ro.W_U, unembed=self.unembed)
+            if self.precision != "exact"
+            else None
+        )
         idx_np = idx.cpu().numpy()
+        blocks, chosen, results = [], [], []
         for e in np.unique(idx_np).tolist():
             b, s = np.nonzero(idx_np == e)
             bt, st = torch.as_tensor(b, device=idx.device), torch.as_tensor(s, device=idx.device)
@@ -389,20 +396,36 @@ class _Scorer:
             gm = gate[bt, st, None] * acts[bt, st]
             assert self.coef is not None
             self.coef[li, e, : gm.shape[1]] += gm.sum(0).double().cpu().numpy()
-            c = gm * inv[bt]
-            scores, bounds = shared_direction_lpi(
-                U,
+            chosen.append((b, e))
+            if self.precision == "exact":  # scored at once: one expert's P at a time
+                results.append(
+                    shared_direction_lpi(
+                        U,
+                        ro.W_U,
+                        gm * inv[bt],
+                        logp[bt],
+                        w[bt],
+                        budget=self.budget,
+                        stats=self.stats,
+                        unembed=self.unembed,
+                    )
+                )
+            else:
+                blocks.append((U, gm * inv[bt], bt))
+        if blocks:
+            # Every tier over all the experts' pairs at once (tiers 2-3 form P across experts).
+            results = shared_direction_blocks(
+                blocks,
                 ro.W_U,
-                c,
-                logp[bt],
-                w[bt],
-                precision=self.precision,
+                logp,
+                w,
                 tolerance=self.tolerance,
                 budget=self.budget,
                 stats=self.stats,
-                unembed=ro.unembed_stats,
-                tail=None if tail is None else tail.select(bt),
+                unembed=self.unembed,
+                tail=tail,
             )
+        for (b, e), (scores, bounds) in zip(chosen, results, strict=True):
             self._note_bounds(group.index[b], bounds)
             if self.precision != "exact" and self.bound_total is not None:
                 self.bound_total[li, e, : bounds.shape[1]] += bounds.double().sum(0).cpu().numpy()
@@ -426,7 +449,7 @@ class _Scorer:
                 tolerance=self.tolerance,
                 budget=self.budget,
                 stats=self.stats,
-                unembed=ro.unembed_stats,
+                unembed=self.unembed,
                 tail=tail,
             )
             self._note_bounds(group.index, bounds)

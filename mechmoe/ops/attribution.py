@@ -32,7 +32,7 @@ from torch import Tensor
 from mechmoe._types import EXPERT, HEAD, LAYER, NEURON, PROMPT
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.progress import task
-from mechmoe.core.provenance import provenance
+from mechmoe.core.provenance import provenance, weights_hash_soon
 from mechmoe.ops import _native
 from mechmoe.ops._lpi_scoring import COMPAT_EPS as COMPAT_EPS
 from mechmoe.ops._lpi_scoring import MAX_GROUP as MAX_GROUP
@@ -243,6 +243,8 @@ def attribute(
         model, prompts, level, target, targets, precision, tolerance, memory_budget, batch_size
     )
     n = len(prompts)
+    # The provenance hash of the weights, on a thread while the scoring runs.
+    weights = weights_hash_soon(model)
     readout = _Readout.of(model, reference_compat=reference_compat)
     scorer = _Scorer(
         model,
@@ -298,6 +300,7 @@ def attribute(
         tolerance=tolerance,
         reference_compat=reference_compat,
         batch_size=batch_size,
+        weights=True if weights is None else weights.result(),
         interventions=interventions,
     )
 
@@ -317,6 +320,7 @@ def _to_dataset(
     reference_compat: bool,
     batch_size: int,
     interventions: Any,
+    weights: bool | str = True,
 ) -> xr.Dataset:
     import xarray as xr
 
@@ -383,6 +387,7 @@ def _to_dataset(
     attrs = provenance(
         model,
         probe=prompts,
+        weights=weights,
         options={
             "level": level,
             "target_mode": target,

@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 
 import mechmoe
-from mechmoe.core.provenance import probe_hash, provenance, weights_hash
+from mechmoe.core.provenance import probe_hash, provenance, weights_hash, weights_hash_soon
 from mechmoe.probes import load_probe
 from mechmoe.testing import tiny_model
 
@@ -32,6 +32,15 @@ def test_same_model_twice_hashes_alike_and_a_perturbed_copy_differs(olmoe):
     assert weights_hash(perturbed) != weights_hash(again)
     # a torch module and its mechmoe handle hash alike
     assert weights_hash(again.hf) == weights_hash(again)
+
+
+def test_background_hash_equals_the_hash_and_attribute_records_it():
+    model = tiny_model("olmo2", seed=3)
+    fut = weights_hash_soon(model)
+    assert fut is not None and fut.result(timeout=60) == weights_hash(model, refresh=True)
+    assert weights_hash_soon(object()) is None  # nothing to hash: provenance's default path
+    ds = mechmoe.attribute(model, ["The capital of France is"], level="neuron")
+    assert ds.attrs["weights_hash"] == weights_hash(model)
 
 
 def test_in_place_edit_is_seen_despite_the_cache():

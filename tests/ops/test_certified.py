@@ -17,6 +17,7 @@ from mechmoe.ops._lpi_kernels import (
     UnembedStats,
     _certified_log_sum,
     _tail_bound_log_sum,
+    shared_direction_blocks,
     shared_direction_lpi,
 )
 from mechmoe.ops.attribution import attribute
@@ -113,10 +114,11 @@ def test_tail_bound_holds_for_every_grouping(group, top, mid):
         U,
         W_U,
         c[sub],
-        logp[sub],
-        logp.exp()[sub],
+        logp,
+        logp.exp(),
         unembed=UnembedStats.of(W_U),
-        tail=ctx.select(sub),
+        tail=ctx,
+        prompts=sub,
         tolerance=float("inf"),
         budget=2**26,
     )
@@ -197,6 +199,45 @@ def test_adversarial_coefficients_fall_back_to_exact():
     torch.testing.assert_close(got[:, :6].double(), want[:, :6], atol=2e-4, rtol=1e-5)
     slack = torch.where(bound == 0, 2e-4, ROUND).double()  # exact sums of big values: fp32
     assert ((got.double() - want).abs() <= bound.double() + slack).all()
+
+
+@pytest.mark.parametrize("budget", [4 * 2**30, 2**17])
+def test_blocks_of_a_layer_share_one_tail_bound(budget):
+    # Three "experts" (blocks of directions), each chosen by its own subset of the
+    # prompts, one of them by a single prompt and one with adversarial coefficients:
+    # scored together (one tail bound over every pair; with a small budget, in several
+    # chunks of blocks) each block's scores must lie within their bounds of the float64
+    # reference, and the counts must add up over the blocks.
+    U0, W_U, _, logp, target = _data(12, n=9, k=30)
+    g = torch.Generator().manual_seed(13)
+    subsets = [torch.tensor([0, 2, 3, 7, 8]), torch.tensor([4]), torch.tensor([1, 2, 5, 6, 8])]
+    blocks = []
+    for j, rows in enumerate(subsets):
+        U = U0 * (1 + j) if j else U0
+        c = torch.randn(rows.numel(), U.shape[0], generator=g) * 0.3
+        if j == 2:
+            c[:, :4] *= 200.0  # must fall back to the exact sum
+        blocks.append((U, c, rows))
+    stats: dict[str, int] = {}
+    got = shared_direction_blocks(
+        blocks, W_U, logp, target, tolerance=1e-6, budget=budget, stats=stats
+    )
+    assert len(got) == len(blocks)
+    assert stats["pairs"] == sum(c.numel() for _, c, _ in blocks)
+    assert stats["fallback"] >= 4 * subsets[2].numel()
+    for (U, c, rows), (scores, bound) in zip(blocks, got, strict=True):
+        assert scores.shape == c.shape == bound.shape
+        want = _reference(U, W_U, c, logp[rows], target[rows])
+        # exact sums of large values (|score| in the hundreds): fp32 rounding of them
+        slack = torch.where(bound == 0, 2e-4 + 1e-6 * want.abs(), ROUND).double()
+        assert ((scores.double() - want).abs() <= bound.double() + slack).all()
+        assert float(bound.max()) <= 1e-6
+        # the same block scored alone: the same certified scores, within the bounds
+        alone, b_alone = shared_direction_lpi(
+            U, W_U, c, logp[rows], target[rows], precision="certified", tolerance=1e-6
+        )
+        gap = (alone.double() - scores.double()).abs()
+        assert (gap <= bound.double() + b_alone.double() + 2 * slack).all()
 
 
 def test_bounded_is_the_old_name_of_certified():
@@ -291,6 +332,17 @@ def test_kernels_run_on_cuda(precision):
     want = _reference(U, W_U, c, logp, target)
     slack = torch.where(bound.cpu() == 0, 2e-4, ROUND).double()
     assert ((got.cpu().double() - want).abs() <= bound.cpu().double() + slack).all()
+    if precision == "certified":  # a layer's experts together: two blocks on the device
+        rows = [torch.tensor([0, 2, 3]), torch.tensor([1, 4, 5])]
+        blocks = [(U.cuda(), c[r].cuda(), r.cuda()) for r in rows]
+        out = shared_direction_blocks(
+            blocks, W_U.cuda(), logp.cuda(), target.cuda(), tolerance=1e-6
+        )
+        for r, (s_b, b_b) in zip(rows, out, strict=True):
+            assert s_b.is_cuda and b_b.is_cuda
+            sl = torch.where(b_b.cpu() == 0, 2e-4, ROUND).double()
+            err = (s_b.cpu().double() - want[r]).abs()
+            assert (err <= b_b.cpu().double() + sl).all()
 
 
 def test_tail_bound_keeps_full_precision_on_a_large_vocabulary():
@@ -313,6 +365,24 @@ def test_tail_bound_keeps_full_precision_on_a_large_vocabulary():
     assert stats["moments"] < c.numel()  # the tail bound certified some pairs itself
     want = _reference(U, W_U, c, logp, target)
     assert ((got.double() - want).abs() <= bound.double() + 3e-7).all()
+
+
+def test_first_moment_product_is_float64_accurate():
+    # p W_U on a peaked distribution over 50k tokens with large unembedding rows: every
+    # direction's first moment is read from it with cancellation, so it must match a
+    # float64 product to float64 rounding, not to fp32's (1e-3 of its terms was measured
+    # for an fp32 accumulation over 16k tokens).
+    g = torch.Generator().manual_seed(14)
+    vocab, d = 50_000, 96
+    W_U = torch.randn(vocab, d, generator=g) * 3.0
+    logits = torch.randn(5, vocab, generator=g) * 2
+    logits[:, :8] += 12.0
+    p = torch.softmax(logits, -1)
+    want = p.double() @ W_U.double()
+    for budget in (4 * 2**30, 2**20):  # one pass, or many blocks of rows
+        got = UnembedStats.of(W_U, budget=budget).weighted_sum(p)
+        assert got.dtype == torch.float64
+        assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max())
 
 
 def test_attribute_certified_on_a_large_vocabulary_model():
