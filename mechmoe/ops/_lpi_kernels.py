@@ -303,6 +303,18 @@ def shared_direction_lpi(
     n, k = c.shape
     vocab = W_U.shape[0]
     dev = W_U.device
+    if precision != "exact":  # one block: the prompts of `logp`, in order
+        return shared_direction_blocks(
+            [(U, c, torch.arange(n, device=dev))],
+            W_U,
+            logp,
+            target,
+            tolerance=tolerance,
+            budget=budget,
+            stats=stats,
+            unembed=unembed,
+            tail=tail,
+        )[0]
     U = U.float()
     W_U = W_U.float()
     c = c.float()
@@ -313,19 +325,6 @@ def shared_direction_lpi(
     # Tokens whose probability underflows fp32 would be dropped by the p-weighted sum:
     # such prompts take the max-shifted path instead.
     fragile = logp.min(dim=-1).values < -80.0
-    if precision != "exact":
-        rows = torch.arange(n, device=dev)
-        return shared_direction_blocks(
-            [(U, c, rows)],
-            W_U,
-            logp,
-            target,
-            tolerance=tolerance,
-            budget=budget,
-            stats=stats,
-            unembed=unembed,
-            tail=tail,
-        )[0]
     if unembed is None:
         unembed = UnembedStats.of(W_U, budget=budget)
     fragile_idx = fragile.nonzero()[:, 0]
