@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from mechmoe.core.interventions import ZeroExperts as ZeroExperts
     from mechmoe.core.interventions import ZeroNeurons as ZeroNeurons
     from mechmoe.core.interventions import compose as compose
+    from mechmoe.model import LoadOptions as LoadOptions
     from mechmoe.model import Model as Model
     from mechmoe.model import load as load
     from mechmoe.model import register_source as register_source
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, tuple[str, str]] = {
     "load": ("mechmoe.model", "load"),
     "Model": ("mechmoe.model", "Model"),
+    "LoadOptions": ("mechmoe.model.options", "LoadOptions"),
     "register_source": ("mechmoe.model", "register_source"),
     "wrap": ("mechmoe.model", "wrap"),
     "register_backend": ("mechmoe.backends", "register_backend"),
@@ -119,6 +121,7 @@ __all__ = [
     "BanExperts",
     "ForceExperts",
     "HubRevisions",
+    "LoadOptions",
     "LocalCheckpoints",
     "MaskHeads",
     "Model",

@@ -36,7 +36,8 @@ NormKind = Literal["rmsnorm", "layernorm"]
 WeightLayout = Literal["linear", "conv1d"]
 Positions = Literal["last", "all"]
 LayerKind = Literal["moe", "dense"]
-Backend = Literal["nnsight"]
+#: The capture backend used when none is named (``load(..., backend=...)``, ``--backend``).
+DEFAULT_BACKEND = "nnsight"
 
 __all__ = [
     "D_MODEL",
@@ -60,7 +61,7 @@ __all__ = [
     "STEP",
     "TOKEN",
     "VOCAB",
-    "Backend",
+    "DEFAULT_BACKEND",
     "LayerKind",
     "NormKind",
     "Positions",

