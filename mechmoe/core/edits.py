@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -37,6 +37,9 @@ SITES: tuple[Site, ...] = ("resid_pre", "heads", "router", "experts_out", "ffn_o
 
 Need = Literal["ffn_in", "routing"]
 NEEDS: frozenset[Need] = frozenset({"ffn_in", "routing"})
+
+#: a site's value: a tensor, or the router's output at ``router``
+SiteValue = Tensor | RouterOutput
 
 
 @runtime_checkable
@@ -51,11 +54,13 @@ class Edit(Protocol):
     ``site`` at ``layer`` (or ``None`` to leave it).
     """
 
-    sites: frozenset[str]
+    sites: frozenset[Site]
 
-    def validate(self, model: Any) -> None: ...
+    def validate(self, model: ModelView) -> None: ...
 
-    def apply(self, site: str, layer: int, value: Any, ctx: EditContext) -> Any: ...
+    def apply(
+        self, site: Site, layer: int, value: SiteValue, ctx: EditContext
+    ) -> SiteValue | None: ...
 
 
 @dataclass
@@ -69,7 +74,7 @@ class EditContext:
 
     model: ModelView
     batch: Batch
-    needs: frozenset[str] = frozenset()
+    needs: frozenset[Need] = frozenset()
     _ffn_in: dict[int, Tensor] = field(default_factory=dict, repr=False)
     _routing: dict[int, RouterOutput] = field(default_factory=dict, repr=False)
 
@@ -100,23 +105,26 @@ class EditContext:
             ) from None
 
 
-def needs_of(edits: Sequence[Any]) -> frozenset[str]:
-    """Everything ``edits`` read besides their sites' values."""
-    out: set[str] = set()
+def needs_of(edits: Sequence[Edit]) -> frozenset[Need]:
+    """Everything ``edits`` read besides their sites' values (all of :data:`NEEDS` for an
+    edit that declares no ``needs``)."""
+    out: set[Need] = set()
     for e in edits:
         out |= set(getattr(e, "needs", NEEDS))
     return frozenset(out)
 
 
-def sites_of(edits: Sequence[Any]) -> frozenset[str]:
+def sites_of(edits: Sequence[Edit]) -> frozenset[Site]:
     """Every site ``edits`` touch."""
-    out: set[str] = set()
+    out: set[Site] = set()
     for e in edits:
         out |= set(e.sites)
     return frozenset(out)
 
 
-def apply_edits(edits: Sequence[Any], site: str, layer: int, value: Any, ctx: EditContext) -> Any:
+def apply_edits(
+    edits: Sequence[Edit], site: Site, layer: int, value: SiteValue, ctx: EditContext
+) -> SiteValue:
     """Run the edits registered for ``site`` on ``value``, in order."""
     for e in edits:
         if site in e.sites:
@@ -133,6 +141,7 @@ __all__ = [
     "EditContext",
     "Need",
     "Site",
+    "SiteValue",
     "apply_edits",
     "needs_of",
     "sites_of",
