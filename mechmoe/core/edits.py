@@ -23,9 +23,9 @@ site             value
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
@@ -37,6 +37,8 @@ SITES: tuple[Site, ...] = ("resid_pre", "heads", "router", "experts_out", "ffn_o
 
 Need = Literal["ffn_in", "routing"]
 NEEDS: frozenset[Need] = frozenset({"ffn_in", "routing"})
+
+_T = TypeVar("_T")
 
 #: a site's value: a tensor, or the router's output at ``router``
 SiteValue = Tensor | RouterOutput
@@ -86,23 +88,22 @@ class EditContext:
 
     def ffn_in(self, layer: int) -> Tensor:
         """Layer ``layer``'s FFN input as ``(batch·seq, d_model)``."""
-        try:
-            return self._ffn_in[layer]
-        except KeyError:
-            raise InvalidInputError(
-                f"the FFN input of layer {layer} was not recorded in this pass: an edit that "
-                "reads it must declare needs = frozenset({'ffn_in'}) and run after the FFN input"
-            ) from None
+        missing = (
+            "an edit that reads it must declare needs = frozenset({'ffn_in'}) "
+            "and run after the FFN input"
+        )
+        return _recorded(self._ffn_in, layer, f"the FFN input of layer {layer}", missing)
 
     def routing(self, layer: int) -> RouterOutput:
         """The routing layer ``layer`` used in this pass (after any router edit)."""
-        try:
-            return self._routing[layer]
-        except KeyError:
-            raise InvalidInputError(
-                f"no routing was recorded for layer {layer} in this pass: it is dense, or an "
-                "edit that reads routing did not declare needs = frozenset({'routing'})"
-            ) from None
+        missing = "it is dense, or an edit that reads routing did not declare needs = frozenset({'routing'})"
+        return _recorded(self._routing, layer, f"the routing of layer {layer}", missing)
+
+
+def _recorded(table: Mapping[int, _T], layer: int, what: str, why: str) -> _T:
+    if layer not in table:
+        raise InvalidInputError(f"{what} was not recorded in this pass: {why}")
+    return table[layer]
 
 
 def needs_of(edits: Sequence[Edit]) -> frozenset[Need]:
