@@ -90,18 +90,19 @@ _LAZY: dict[str, tuple[str, str]] = {
     "build_report": ("mechmoe.report", "build_report"),
     **{
         name: ("mechmoe.core.interventions", name)
+        # the values by family (heads, routing, neurons), then how they combine
         for name in (
+            "MaskHeads",
             "BanExperts",
             "ForceExperts",
-            "MaskHeads",
-            "Plan",
+            "SetTopK",
+            "ScaleGates",
+            "ZeroExperts",
             "RoutingEdit",
             "RoutingRequest",
-            "ScaleGates",
             "ScaleNeurons",
-            "SetTopK",
-            "ZeroExperts",
             "ZeroNeurons",
+            "Plan",
             "compose",
         )
     },
