@@ -6,7 +6,8 @@ bridge) a model into a :class:`Model`; measure it (:func:`attribute`, :func:`eva
 :class:`BanExperts`, … composed with ``+``); run measures over training checkpoints
 (:func:`sweep`, :func:`open_store`); summarise (:func:`summarize_run`) and report
 (:func:`build_report`). Extension points: :func:`register_adapter` (a model family),
-:func:`register_backend`, :func:`register_measure`, :func:`register_source`.
+:func:`register_backend`, :func:`register_measure`, :func:`register_source`, and
+:class:`RoutingEdit` (a routing intervention that merges and is checked with the others).
 
 Everything here is a re-export, so modules can move without breaking users. Heavy
 libraries (torch, transformers, nnsight, TransformerLens) are imported on first use, so
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from mechmoe.core.interventions import BanExperts as BanExperts
     from mechmoe.core.interventions import ForceExperts as ForceExperts
     from mechmoe.core.interventions import MaskHeads as MaskHeads
+    from mechmoe.core.interventions import Plan as Plan
+    from mechmoe.core.interventions import RoutingEdit as RoutingEdit
+    from mechmoe.core.interventions import RoutingRequest as RoutingRequest
     from mechmoe.core.interventions import ScaleGates as ScaleGates
     from mechmoe.core.interventions import ScaleNeurons as ScaleNeurons
     from mechmoe.core.interventions import SetTopK as SetTopK
@@ -88,15 +92,19 @@ _LAZY: dict[str, tuple[str, str]] = {
     "build_report": ("mechmoe.report", "build_report"),
     **{
         name: ("mechmoe.core.interventions", name)
+        # the values by family (heads, routing, neurons), then how they combine
         for name in (
+            "MaskHeads",
             "BanExperts",
             "ForceExperts",
-            "MaskHeads",
-            "ScaleGates",
-            "ScaleNeurons",
             "SetTopK",
+            "ScaleGates",
             "ZeroExperts",
+            "RoutingEdit",
+            "RoutingRequest",
+            "ScaleNeurons",
             "ZeroNeurons",
+            "Plan",
             "compose",
         )
     },
@@ -125,7 +133,10 @@ __all__ = [
     "LocalCheckpoints",
     "MaskHeads",
     "Model",
+    "Plan",
     "ProbeSet",
+    "RoutingEdit",
+    "RoutingRequest",
     "ScaleGates",
     "ScaleNeurons",
     "SetTopK",

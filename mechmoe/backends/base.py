@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechmoe.core.edits import SITES, EditContext, needs_of, sites_of
+from mechmoe.core.edits import SITES, EditContext, Site, needs_of, sites_of
 from mechmoe.core.errors import InvalidInputError, MechmoeError
 from mechmoe.core.interventions import as_edits
 from mechmoe.core.types import Batch, Capture, FFNWeights, LayerCapture, ModelView, RouterOutput
@@ -92,7 +92,7 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     #: The edit sites this backend can apply (class default; an instance may narrow it).
-    sites: frozenset[str] = frozenset(SITES)
+    sites: frozenset[Site] = frozenset(SITES)
 
     def __init__(self, model: ModelView, native: Any = None) -> None:
         self.model = model

@@ -99,7 +99,7 @@ def parse_scales(values: list[str] | None, option: str) -> dict[int, dict[int, f
 def parse_top_k(value: str | None) -> list[Any]:
     """``"4"`` → ``[SetTopK(4)]``; ``"3:4,5:2"`` → one :class:`SetTopK` per layer."""
     from mechmoe.core.errors import InvalidInputError
-    from mechmoe.ops.interventions import SetTopK
+    from mechmoe.core.interventions import SetTopK
 
     if value is None:
         return []
@@ -277,7 +277,7 @@ def mask_heads(
 ) -> None:
     """HIT@k with attention heads masked: the top-N by LPI, given heads, or a grid vs random heads."""
     from mechmoe.core.errors import InvalidInputError
-    from mechmoe.ops.interventions import MaskHeads
+    from mechmoe.core.interventions import MaskHeads
 
     if sum(x is not None for x in (top, heads, grid)) != 1:
         raise InvalidInputError("give exactly one of --top N, --heads L:H,… or --grid N,N,…")
@@ -452,7 +452,13 @@ def route(
 ) -> None:
     """Change routing (ban, force, top-k, zero or scale experts) and compare predictions."""
     from mechmoe.core.errors import InvalidInputError
-    from mechmoe.ops.interventions import BanExperts, ForceExperts, ScaleGates, ZeroExperts, compose
+    from mechmoe.core.interventions import (
+        BanExperts,
+        ForceExperts,
+        ScaleGates,
+        ZeroExperts,
+        compose,
+    )
 
     parts: list[Any] = []
     if ban:

@@ -18,11 +18,13 @@ from torch import Tensor, nn
 
 from mechmoe._types import LayerKind
 from mechmoe.adapters.registry import get_adapter
+from mechmoe.adapters.routing import reroute, routing_rule
 from mechmoe.adapters.spec import AdapterSpec, DenseMLPSpec, config_value
 from mechmoe.backends.base import Backend, capture, get_backend
 from mechmoe.backends.tokenize import make_batch
 from mechmoe.core.errors import SpecMismatchError
-from mechmoe.core.types import Batch, Capture, FFNWeights, ModelDims, NormParams
+from mechmoe.core.interventions import RoutingRequest
+from mechmoe.core.types import Batch, Capture, FFNWeights, ModelDims, NormParams, RouterOutput
 
 
 def _resolve(root: nn.Module, path: str, *, where: str) -> Any:
@@ -306,15 +308,12 @@ class Model:
 
     def renormalizes(self) -> bool:
         """Whether top-k routing weights are renormalised to sum to one."""
-        moe = self.spec.moe
-        if moe is None:
-            return False
-        if isinstance(moe.renormalize, bool):
-            return moe.renormalize
-        try:
-            return bool(config_value(self.hf.config, moe.renormalize, what="renormalisation flag"))
-        except SpecMismatchError:
-            return False
+        return routing_rule(self.spec, self.hf.config).renormalize
+
+    def reroute(self, layer: int, router: RouterOutput, request: RoutingRequest) -> RouterOutput:
+        """Layer ``layer``'s routing under a merged routing request, by this model's rule
+        (:func:`mechmoe.adapters.routing.reroute`, parameters from the adapter spec)."""
+        return reroute(router, request, routing_rule(self.spec, self.hf.config), layer=layer)
 
     # ---- running ----------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str], *, positions: Any = "last") -> Batch:

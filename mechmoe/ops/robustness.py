@@ -27,9 +27,10 @@ import numpy as np
 
 from mechmoe._types import HEAD, LAYER
 from mechmoe.core.errors import InvalidInputError
+from mechmoe.core.interventions import MaskHeads, compose
 from mechmoe.core.progress import task
 from mechmoe.core.provenance import provenance
-from mechmoe.ops.interventions import MaskHeads, compose, head_means
+from mechmoe.ops.interventions import head_means
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -76,8 +76,9 @@ def test_mask_heads_given_heads(tmp_path):
 def test_mask_heads_top_by_lpi(tmp_path):
     """--top 3 masks the three heads with the highest head-level LPI over the probe, and the
     masked recall is evaluate() under that mask (mean mode: means over the probe)."""
+    from mechmoe.core.interventions import MaskHeads
     from mechmoe.ops.attribution import attribute
-    from mechmoe.ops.interventions import MaskHeads, head_means
+    from mechmoe.ops.interventions import head_means
     from mechmoe.ops.robustness import rank_heads
     from mechmoe.probes import evaluate, load_probe
     from mechmoe.testing import tiny_model

@@ -304,7 +304,7 @@ def test_mixed_stack_dense_layer_is_one_expert():
 
 
 def test_interventions_reach_the_capture():
-    from mechmoe.ops.interventions import MaskHeads
+    from mechmoe.core.interventions import MaskHeads
 
     model = _model("olmoe")
     edit = MaskHeads({0: [0, 1]})

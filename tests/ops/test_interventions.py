@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.ops.interventions import (
+from mechmoe.core.interventions import (
     BanExperts,
     ForceExperts,
     MaskHeads,
@@ -33,8 +33,8 @@ from mechmoe.ops.interventions import (
     ZeroExperts,
     ZeroNeurons,
     compose,
-    head_means,
 )
+from mechmoe.ops.interventions import head_means
 from mechmoe.testing import DEFAULT_PROMPTS, tiny_model
 
 PROMPTS = list(DEFAULT_PROMPTS)  # different lengths, so the batch has left padding

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.ops.interventions import MaskHeads
+from mechmoe.core.interventions import MaskHeads
 from mechmoe.ops.robustness import head_robustness, rank_heads
 from mechmoe.probes import evaluate, load_probe
 from mechmoe.testing import tiny_model
