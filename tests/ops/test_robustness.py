@@ -102,7 +102,7 @@ def test_masking_every_head_in_mean_mode_matches_masking_by_hand(model, probe):
 
 
 def test_unknown_mode_is_refused(model, probe):
-    with pytest.raises(InvalidInputError, match="mode must be 'zero' or 'mean', got 'max'"):
+    with pytest.raises(InvalidInputError, match="mode='max': use one of 'zero', 'mean'"):
         head_robustness(model, probe, ranking=[(0, 0)], ns=(1,), mode="max")
 
 

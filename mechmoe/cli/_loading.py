@@ -1,0 +1,140 @@
+"""The load-option group: every load option declared once, for every command that loads.
+
+A command that loads a model by name takes one parameter annotated :class:`ModelRequest`
+and is decorated with :func:`load_options`: the decorator gives it the ``MODEL``
+argument and ``--revision``, ``--device``, ``--device-map``, ``--dtype``,
+``--tokenizer``, ``--backend``, and calls it with a :class:`ModelRequest` (the name and
+one :class:`~mechmoe.model.options.LoadOptions`). A command that hands options on
+(``mechmoe trajectory`` to a sweep) takes a parameter annotated ``LoadOptions`` instead,
+and may take only some of the options (``fields=``).
+
+A new load option for the command line is one entry of :data:`LOAD_OPTIONS` (its field
+of ``LoadOptions`` and its typer option); every model-loading command then has it.
+
+Example (a command module)::
+
+    app = typer.Typer()
+
+    @app.command("probe")
+    @load_options()
+    def probe(model: ModelRequest, k: KOpt = 10) -> None:
+        handle = model.load()
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+import typer
+
+import mechmoe.model
+from mechmoe.cli._common import ModelArg, err_console
+from mechmoe.model import LoadOptions, Model
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DEFAULTS = LoadOptions()
+
+#: Every load option of the command line: ``LoadOptions`` field → typer option. The default
+#: of each is the field's default, so it is written once (in ``LoadOptions``).
+LOAD_OPTIONS: dict[str, Any] = {
+    "revision": typer.Option("--revision", help="Hub branch, tag or commit."),
+    "device": typer.Option("--device", help="cpu, cuda, cuda:N or auto."),
+    "device_map": typer.Option(
+        "--device-map",
+        help="Passed to from_pretrained, e.g. 'auto' to spread a big model over the GPUs.",
+    ),
+    "dtype": typer.Option("--dtype", help="float32 (exact checks), bfloat16 or float16."),
+    "tokenizer": typer.Option(
+        "--tokenizer",
+        help="Tokenizer to use: a folder, a tokenizer.json file or a hub id "
+        "(for model folders without one, e.g. training checkpoints).",
+    ),
+    "backend": typer.Option(
+        "--backend",
+        help="Capture backend: nnsight (default) or transformerlens (pip install 'mechmoe[tl]'); "
+        "results agree to 1e-5.",
+    ),
+}
+#: The Python type each option parses to (all strings on the command line).
+_TYPES: dict[str, Any] = {"revision": str | None, "device_map": str | None, "tokenizer": str | None}
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """The model a command was asked for: ``MODEL`` and how to load it."""
+
+    name: str
+    options: LoadOptions
+
+    def load(self) -> Model:
+        """Load it, with a spinner on stderr (real weights take a while)."""
+        return load_model(self.name, self.options)
+
+
+def load_model(name: str, options: LoadOptions) -> Model:
+    """:func:`mechmoe.load` with a spinner on stderr."""
+    with err_console.status(f"loading {name}…", spinner="dots"):
+        # looked up on the module at call time, so tests can watch or replace it
+        return mechmoe.model.load(name, options)
+
+
+def load_options(fields: Sequence[str] | None = None) -> Callable[[F], F]:
+    """Give a command the load options (all of :data:`LOAD_OPTIONS`, or ``fields``).
+
+    The command's parameter annotated :class:`ModelRequest` becomes the ``MODEL``
+    argument, and the command receives a ``ModelRequest``; a parameter annotated
+    ``LoadOptions`` receives the options alone.
+    """
+    names = tuple(LOAD_OPTIONS) if fields is None else tuple(fields)
+    unknown = sorted(set(names) - set(LOAD_OPTIONS))
+    if unknown:
+        raise ValueError(f"no load option {unknown[0]!r}; the options are {list(LOAD_OPTIONS)}")
+
+    def decorate(fn: F) -> F:
+        hints = get_type_hints(fn, include_extras=True)
+        sig = inspect.signature(fn)
+        targets = [p for p in sig.parameters if hints.get(p) in (ModelRequest, LoadOptions)]
+        if len(targets) != 1:
+            raise TypeError(
+                f"{fn.__name__} needs one parameter annotated ModelRequest or LoadOptions"
+            )
+        (target,) = targets
+        request = hints[target] is ModelRequest
+        clash = sorted(set(names) & set(sig.parameters))
+        if clash:
+            raise TypeError(f"{fn.__name__} has its own parameter {clash[0]!r}, a load option")
+        params = []
+        for p in sig.parameters.values():
+            if p.name == target:
+                if request:  # MODEL, where the command put its parameter
+                    params.append(p.replace(annotation=ModelArg, default=inspect.Parameter.empty))
+                continue
+            params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+        for name in names:
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=getattr(_DEFAULTS, name),
+                    annotation=Annotated[_TYPES.get(name, str), LOAD_OPTIONS[name]],
+                )
+            )
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            options = LoadOptions.build(**{name: kwargs.pop(name) for name in names})
+            kwargs[target] = ModelRequest(kwargs.pop(target), options) if request else options
+            return fn(**kwargs)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+__all__ = ["LOAD_OPTIONS", "ModelRequest", "load_model", "load_options"]
