@@ -2,9 +2,9 @@
 
 A command that loads a model by name takes one parameter annotated :class:`ModelRequest`
 and is decorated with :func:`load_options`: the decorator gives it the ``MODEL``
-argument and ``--revision``, ``--device``, ``--device-map``, ``--dtype``,
-``--tokenizer``, ``--backend``, and calls it with a :class:`ModelRequest` (the name and
-one :class:`~mechmoe.model.options.LoadOptions`). A command that hands options on
+argument and every load option (``--revision``, ``--device``, ``--dtype``,
+``--tokenizer``, ``--backend``, …), and calls it with a :class:`ModelRequest` (the name
+and one :class:`~mechmoe.model.options.LoadOptions`). A command that hands options on
 (``mechmoe trajectory`` to a sweep) takes a parameter annotated ``LoadOptions`` instead,
 and may take only some of the options (``fields=``).
 
@@ -32,35 +32,59 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 import typer
 
 import mechmoe.model
-from mechmoe.cli._common import ModelArg, err_console
+from mechmoe._types import ExpertsImplementation
+from mechmoe.cli._common import ModelArg, choice, err_console
 from mechmoe.model import LoadOptions, Model
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DEFAULTS = LoadOptions()
 
-#: Every load option of the command line: ``LoadOptions`` field → typer option. The default
-#: of each is the field's default, so it is written once (in ``LoadOptions``).
+#: Every load option of the command line: ``LoadOptions`` field → its typer option. The
+#: default of each is the field's default, so it is written once (in ``LoadOptions``).
 LOAD_OPTIONS: dict[str, Any] = {
-    "revision": typer.Option("--revision", help="Hub branch, tag or commit."),
-    "device": typer.Option("--device", help="cpu, cuda, cuda:N or auto."),
-    "device_map": typer.Option(
-        "--device-map",
-        help="Passed to from_pretrained, e.g. 'auto' to spread a big model over the GPUs.",
+    "revision": Annotated[
+        str | None, typer.Option("--revision", help="Hub branch, tag or commit.")
+    ],
+    "device": Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")],
+    "device_map": Annotated[
+        str | None,
+        typer.Option(
+            "--device-map",
+            help="Passed to from_pretrained, e.g. 'auto' to spread a big model over the GPUs.",
+        ),
+    ],
+    "dtype": Annotated[
+        str, typer.Option("--dtype", help="float32 (exact checks), bfloat16 or float16.")
+    ],
+    "tokenizer": Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="Tokenizer to use: a folder, a tokenizer.json file or a hub id "
+            "(for model folders without one, e.g. training checkpoints).",
+        ),
+    ],
+    "backend": Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="Capture backend: nnsight (default) or transformerlens "
+            "(pip install 'mechmoe[tl]'); results agree to 1e-5.",
+        ),
+    ],
+    "experts_implementation": choice(
+        ExpertsImplementation,
+        "--experts-implementation",
+        help="How transformers runs fused experts; both are exact.",
     ),
-    "dtype": typer.Option("--dtype", help="float32 (exact checks), bfloat16 or float16."),
-    "tokenizer": typer.Option(
-        "--tokenizer",
-        help="Tokenizer to use: a folder, a tokenizer.json file or a hub id "
-        "(for model folders without one, e.g. training checkpoints).",
-    ),
-    "backend": typer.Option(
-        "--backend",
-        help="Capture backend: nnsight (default) or transformerlens (pip install 'mechmoe[tl]'); "
-        "results agree to 1e-5.",
-    ),
+    "attn_implementation": Annotated[
+        str | None,
+        typer.Option(
+            "--attn-implementation",
+            help="How transformers runs attention, e.g. eager or sdpa (default: its choice).",
+        ),
+    ],
 }
-#: The Python type each option parses to (all strings on the command line).
-_TYPES: dict[str, Any] = {"revision": str | None, "device_map": str | None, "tokenizer": str | None}
 
 
 @dataclass(frozen=True)
@@ -120,7 +144,7 @@ def load_options(fields: Sequence[str] | None = None) -> Callable[[F], F]:
                     name,
                     inspect.Parameter.KEYWORD_ONLY,
                     default=getattr(_DEFAULTS, name),
-                    annotation=Annotated[_TYPES.get(name, str), LOAD_OPTIONS[name]],
+                    annotation=LOAD_OPTIONS[name],
                 )
             )
 

@@ -44,9 +44,12 @@ def demo(
         ),
     ] = 2,
 ) -> None:
-    """Pre-train a tiny MoE and a tiny dense model (cached), sweep every measure over their
+    """Run the miniature study end to end: pre-train, sweep, report; print the headline table.
+
+    Pre-trains a tiny MoE and a tiny dense model (cached), sweeps every measure over their
     checkpoints with --backend (each backend has its own cached sweeps; the zoo is shared),
-    and write a report comparing them; print the headline table."""
+    and writes a report comparing them.
+    """
     # study.run_demo looked up at call time: tests run the command on a smaller study
     result = study.run_demo(
         study.DemoConfig(),

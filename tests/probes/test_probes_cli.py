@@ -31,7 +31,9 @@ def test_list() -> None:
 
 
 def test_show() -> None:
-    result = runner.invoke(app, ["probes", "show", "noun_plural", "--n", "3"], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app, ["probes", "show", "noun_plural", "--n", "3"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     probe = load_probe("noun_plural")
     expected = [[str(i), it.subject, it.object, it.prompt] for i, it in enumerate(probe.head(3))]
