@@ -8,11 +8,13 @@ is in :mod:`mechmoe.cli._loading`, the probe and prompt-file readers for command
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 from rich.console import Console
@@ -20,6 +22,8 @@ from rich.console import Console
 from mechmoe.core.checks import check_choice, choice_values
 from mechmoe.core.errors import InvalidInputError, MechmoeError
 from mechmoe.core.progress import rich_reporting
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Outside a terminal (pipes, CI logs) rich would wrap tables at 80 columns; 120 keeps them whole.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -76,6 +80,57 @@ def choice(choices: Any, *decls: str, help: str) -> Any:
     ]
 
 
+# ---- option groups: several options given to a command as one value -----------------------------
+def option_group(
+    kinds: tuple[type, ...],
+    params: Callable[[type, str], tuple[list[inspect.Parameter], list[inspect.Parameter]]],
+    build: Callable[[type, dict[str, Any]], Any],
+) -> Callable[[F], F]:
+    """Replace a command's parameter annotated with one of ``kinds`` by a group of options.
+
+    ``params(kind, name)`` gives the parameters that stand in its place (arguments) and
+    those appended at the end (options, keyword-only); ``build(kind, values)`` makes the
+    value the command receives from theirs. The command's signature, which typer reads,
+    shows the group's parameters; the command itself sees one value.
+    (:func:`mechmoe.cli._loading.load_options` is one such group.)
+    """
+
+    def decorate(fn: F) -> F:
+        hints = get_type_hints(fn, include_extras=True)
+        sig = inspect.signature(fn)
+        targets = [p for p in sig.parameters if hints.get(p) in kinds]
+        if len(targets) != 1:
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise TypeError(f"{fn.__name__} needs one parameter annotated {wanted}")
+        (target,) = targets
+        kind = hints[target]
+        head, tail = params(kind, target)
+        names = [p.name for p in (*head, *tail)]
+        clash = sorted((set(names) - {target}) & set(sig.parameters))
+        if clash:
+            raise TypeError(
+                f"{fn.__name__} has its own parameter {clash[0]!r}, an option of the group"
+            )
+        new = []
+        for p in sig.parameters.values():
+            if p.name == target:
+                new += head
+            else:
+                new.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+        new += tail
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            kwargs[target] = build(kind, {name: kwargs.pop(name) for name in names})
+            return fn(**kwargs)
+
+        command.__signature__ = sig.replace(parameters=new)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in new}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
 # ---- options several commands share -------------------------------------------------------------
 ModelArg = Annotated[
     str,
@@ -91,20 +146,16 @@ OverwriteOpt = Annotated[
         help="Replace an earlier mechmoe output at the --out path (anything else is never touched).",
     ),
 ]
-#: The relation the recall commands (probe, mask-heads) score when none is named.
-DEFAULT_RELATION = "country_capital_city"
-RelationsOpt = Annotated[
-    str,
+PromptsOpt = Annotated[
+    Path | None,
     typer.Option(
-        "--relations",
-        "-r",
-        help="Bundled relation(s), comma-separated, 'all', or an LRE .json file/folder.",
+        "--prompts",
+        "-p",
+        help="Prompt file: one prompt a line (optionally prompt<TAB>object) or an LRE "
+        "relation .json (docs/probes.md).",
     ),
 ]
 KOpt = Annotated[int, typer.Option("--k", "-k", help="HIT@k cut-off.", min=1)]
-LimitOpt = Annotated[
-    int | None, typer.Option("--limit", help="Use only the first N items of each relation.", min=1)
-]
 OutOpt = Annotated[
     Path | None,
     typer.Option("--out", "-o", help="Write the labeled result to a .nc file or .zarr folder."),
@@ -114,6 +165,14 @@ TemplateOpt = Annotated[int, typer.Option("--template", "-t", help="LRE prompt t
 
 
 # ---- small parsers ------------------------------------------------------------------------------
+def _parts(values: list[str] | None) -> Iterator[str]:
+    """The comma-separated parts of repeated option values, stripped, empty ones skipped."""
+    for value in values or []:
+        for part in value.split(","):
+            if part.strip():
+                yield part.strip()
+
+
 def parse_pairs(
     values: list[str] | None, option: str, what: str = "expert"
 ) -> list[tuple[int, int]]:
@@ -125,20 +184,16 @@ def parse_pairs(
     [(3, 12), (3, 14), (5, 1)]
     """
     out: list[tuple[int, int]] = []
-    for value in values or []:
-        for part in value.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            left, sep, right = part.partition(":")
-            try:
-                if not sep:
-                    raise ValueError
-                out.append((int(left), int(right)))
-            except ValueError:
-                raise InvalidInputError(
-                    f"{option} {part!r}: write LAYER:{what.upper()} pairs, e.g. 3:12,5:1"
-                ) from None
+    for part in _parts(values):
+        left, sep, right = part.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((int(left), int(right)))
+        except ValueError:
+            raise InvalidInputError(
+                f"{option} {part!r}: write LAYER:{what.upper()} pairs, e.g. 3:12,5:1"
+            ) from None
     return out
 
 
@@ -151,38 +206,33 @@ def parse_scales(values: list[str] | None, option: str) -> dict[int, dict[int, f
     {3: {12: 0.5, 1: 2.0}}
     """
     out: dict[int, dict[int, float]] = {}
-    for value in values or []:
-        for part in value.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            pair, eq, factor = part.partition("=")
-            try:
-                if not eq:
-                    raise ValueError
-                ((layer, expert),) = parse_pairs([pair], option)
-                out.setdefault(layer, {})[expert] = float(factor)
-            except (ValueError, InvalidInputError):
-                raise InvalidInputError(
-                    f"{option} {part!r}: write LAYER:EXPERT=FACTOR, e.g. 3:12=0.5"
-                ) from None
+    for part in _parts(values):
+        pair, eq, factor = part.partition("=")
+        try:
+            if not eq:
+                raise ValueError
+            ((layer, expert),) = parse_pairs([pair], option)
+            out.setdefault(layer, {})[expert] = float(factor)
+        except (ValueError, InvalidInputError):
+            raise InvalidInputError(
+                f"{option} {part!r}: write LAYER:EXPERT=FACTOR, e.g. 3:12=0.5"
+            ) from None
     return out
 
 
 __all__ = [
-    "DEFAULT_RELATION",
     "BatchOpt",
     "KOpt",
-    "LimitOpt",
     "ModelArg",
     "OutOpt",
     "OverwriteOpt",
-    "RelationsOpt",
+    "PromptsOpt",
     "TemplateOpt",
     "choice",
     "console",
     "err_console",
     "fail",
+    "option_group",
     "parse_pairs",
     "parse_scales",
     "user_errors",

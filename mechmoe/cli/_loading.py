@@ -23,17 +23,16 @@ Example (a command module)::
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar, get_type_hints
+from inspect import Parameter
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 import mechmoe.model
 from mechmoe._types import ExpertsImplementation
-from mechmoe.cli._common import ModelArg, choice, err_console
+from mechmoe.cli._common import ModelArg, choice, err_console, option_group
 from mechmoe.model import LoadOptions, Model
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,47 +117,27 @@ def load_options(fields: Sequence[str] | None = None) -> Callable[[F], F]:
     if unknown:
         raise ValueError(f"no load option {unknown[0]!r}; the options are {list(LOAD_OPTIONS)}")
 
-    def decorate(fn: F) -> F:
-        hints = get_type_hints(fn, include_extras=True)
-        sig = inspect.signature(fn)
-        targets = [p for p in sig.parameters if hints.get(p) in (ModelRequest, LoadOptions)]
-        if len(targets) != 1:
-            raise TypeError(
-                f"{fn.__name__} needs one parameter annotated ModelRequest or LoadOptions"
+    def params(kind: type, name: str) -> tuple[list[Parameter], list[Parameter]]:
+        model = [Parameter(name, Parameter.POSITIONAL_OR_KEYWORD, annotation=ModelArg)]
+        options = [
+            Parameter(
+                field,
+                Parameter.KEYWORD_ONLY,
+                default=getattr(_DEFAULTS, field),
+                annotation=LOAD_OPTIONS[field],
             )
-        (target,) = targets
-        request = hints[target] is ModelRequest
-        clash = sorted(set(names) & set(sig.parameters))
-        if clash:
-            raise TypeError(f"{fn.__name__} has its own parameter {clash[0]!r}, a load option")
-        params = []
-        for p in sig.parameters.values():
-            if p.name == target:
-                if request:  # MODEL, where the command put its parameter
-                    params.append(p.replace(annotation=ModelArg, default=inspect.Parameter.empty))
-                continue
-            params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
-        for name in names:
-            params.append(
-                inspect.Parameter(
-                    name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=getattr(_DEFAULTS, name),
-                    annotation=LOAD_OPTIONS[name],
-                )
-            )
+            for field in names
+        ]
+        return (model if kind is ModelRequest else []), options
 
-        @functools.wraps(fn)
-        def command(**kwargs: Any) -> Any:
-            options = LoadOptions.build(**{name: kwargs.pop(name) for name in names})
-            kwargs[target] = ModelRequest(kwargs.pop(target), options) if request else options
-            return fn(**kwargs)
+    def build(kind: type, values: dict[str, Any]) -> ModelRequest | LoadOptions:
+        options = LoadOptions.build(**{field: values.pop(field) for field in names})
+        if kind is LoadOptions:
+            return options
+        (model,) = values.values()  # MODEL, the one argument left
+        return ModelRequest(model, options)
 
-        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return command  # type: ignore[return-value]
-
-    return decorate
+    return option_group((ModelRequest, LoadOptions), params, build)
 
 
 __all__ = ["LOAD_OPTIONS", "ModelRequest", "load_model", "load_options"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +9,7 @@ from rich.table import Table
 
 from mechmoe._types import Positions
 from mechmoe.adapters import list_adapters
-from mechmoe.cli._common import choice, console
+from mechmoe.cli._common import PromptsOpt, choice, console
 from mechmoe.cli._inputs import read_prompts_noting
 from mechmoe.cli._loading import load_model, load_options
 from mechmoe.model import LoadOptions
@@ -54,13 +53,7 @@ def check_cmd(
             show_default=False,
         ),
     ] = None,
-    prompts: Annotated[
-        Path | None,
-        typer.Option(
-            "--prompts",
-            help="Prompt file: one prompt a line, or an LRE relation .json (docs/probes.md).",
-        ),
-    ] = None,
+    prompts: PromptsOpt = None,
     positions: PositionsOpt = "all",
 ) -> None:
     """Check the five conformance identities and print the worst error of each."""

@@ -13,6 +13,7 @@ from rich.table import Table
 from mechmoe._types import Level, Precision, Target
 from mechmoe.cli._common import (
     OverwriteOpt,
+    PromptsOpt,
     TemplateOpt,
     choice,
     console,
@@ -93,15 +94,7 @@ def _table(ds: xr.Dataset, items: list[TopItem], title: str) -> Table:
 @load_options()
 def attribute(
     model: ModelRequest,
-    prompts: Annotated[
-        Path | None,
-        typer.Option(
-            "--prompts",
-            "-p",
-            help="Prompt file: one prompt a line (optionally prompt<TAB>object) or an LRE "
-            "relation .json (docs/probes.md).",
-        ),
-    ] = None,
+    prompts: PromptsOpt = None,
     probe: Annotated[
         str | None,
         typer.Option("--probe", help="Bundled probe name(s), comma-separated, or 'all'."),

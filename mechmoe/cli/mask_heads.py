@@ -9,20 +9,8 @@ import xarray as xr
 from rich.table import Table
 
 from mechmoe._types import MaskMode, Target
-from mechmoe.cli._common import (
-    DEFAULT_RELATION,
-    BatchOpt,
-    KOpt,
-    LimitOpt,
-    OutOpt,
-    OverwriteOpt,
-    RelationsOpt,
-    TemplateOpt,
-    choice,
-    console,
-    parse_pairs,
-)
-from mechmoe.cli._inputs import load_probe_noting
+from mechmoe.cli._common import BatchOpt, KOpt, OutOpt, OverwriteOpt, choice, console, parse_pairs
+from mechmoe.cli._inputs import RelationsRequest, relation_options
 from mechmoe.cli._loading import ModelRequest, load_options
 from mechmoe.cli._results import check_out, compare_table, save, stack_conditions
 from mechmoe.core.errors import InvalidInputError
@@ -55,8 +43,10 @@ def parse_grid(grid: str) -> list[int]:
 
 @app.command("mask-heads")
 @load_options()
+@relation_options()
 def mask_heads(
     model: ModelRequest,
+    relations: RelationsRequest,
     top: Annotated[
         int | None,
         typer.Option("--top", help="Mask the N heads with the highest head-level LPI.", min=1),
@@ -77,12 +67,9 @@ def mask_heads(
     ] = 3,
     mode: ModeOpt = "zero",
     target: TargetOpt = "top1",
-    relations: RelationsOpt = DEFAULT_RELATION,
     k: KOpt = 10,
-    limit: LimitOpt = None,
     out: OutOpt = None,
     batch_size: BatchOpt = 32,
-    template: TemplateOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """HIT@k with attention heads masked: the top-N by LPI, given heads, or a grid vs random heads."""
@@ -95,7 +82,8 @@ def mask_heads(
         raise InvalidInputError("--heads is empty: write LAYER:HEAD pairs, e.g. 3:5,7:1")
     ns = parse_grid(grid) if grid is not None else None
     check_out(out, overwrite)
-    probe_set = load_probe_noting(relations, template=template, limit=limit)
+    probe_set = relations.load()
+    assert probe_set is not None  # the option has a default
     handle = model.load()
     if pairs is not None:
         MaskHeads(pairs).validate(handle)  # out-of-range heads fail before any evaluation

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -14,15 +13,14 @@ from mechmoe.backends.tokenize import check_utf8
 from mechmoe.cli._common import (
     BatchOpt,
     KOpt,
-    LimitOpt,
     OutOpt,
     OverwriteOpt,
-    TemplateOpt,
+    PromptsOpt,
     console,
     parse_pairs,
     parse_scales,
 )
-from mechmoe.cli._inputs import load_probe_noting, read_prompts_noting
+from mechmoe.cli._inputs import RelationsRequest, read_prompts_noting, relation_options
 from mechmoe.cli._loading import ModelRequest, load_options
 from mechmoe.cli._results import check_out, compare_table, save, stack_conditions
 from mechmoe.core.errors import InvalidInputError
@@ -58,8 +56,10 @@ def parse_top_k(value: str | None) -> list[SetTopK]:
 
 @app.command("route")
 @load_options()
+@relation_options(None, help="Also score these relations (HIT@k / MRR).")
 def route(
     model: ModelRequest,
+    relations: RelationsRequest,
     ban: Annotated[
         list[str] | None,
         typer.Option("--ban", help="Ban experts: LAYER:EXPERT pairs, e.g. 3:12,3:14."),
@@ -79,29 +79,17 @@ def route(
     scale: Annotated[
         list[str] | None, typer.Option("--scale", help="Scale experts' gates: LAYER:EXPERT=FACTOR.")
     ] = None,
-    prompts: Annotated[
-        Path | None,
-        typer.Option(
-            "--prompts",
-            help="Prompt file: one prompt a line, or an LRE relation .json (docs/probes.md).",
-        ),
-    ] = None,
+    prompts: PromptsOpt = None,
     prompt: Annotated[
         list[str] | None,
         typer.Option("--prompt", help="A prompt (repeatable); default: a few built-in ones."),
-    ] = None,
-    relations: Annotated[
-        str | None,
-        typer.Option("--relations", "-r", help="Also score these relations (HIT@k / MRR)."),
     ] = None,
     n_top: Annotated[
         int, typer.Option("--n-top", help="Top predictions shown per prompt.", min=1)
     ] = 5,
     k: KOpt = 10,
-    limit: LimitOpt = None,
     out: OutOpt = None,
     batch_size: BatchOpt = 32,
-    template: TemplateOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Change routing (ban, force, top-k, zero or scale experts) and compare predictions."""
@@ -122,8 +110,9 @@ def route(
         )
     if prompts is not None and prompt:
         raise InvalidInputError("give --prompts FILE or --prompt TEXT, not both")
+    limit = relations.limit  # --limit also cuts the prompts
     if prompts is not None:
-        texts = list(read_prompts_noting(prompts, template=template, limit=limit).prompts)
+        texts = list(read_prompts_noting(prompts, template=relations.template, limit=limit).prompts)
     elif prompt:
         for i, text in enumerate(prompt, start=1):
             check_utf8(text, f"--prompt number {i}")
@@ -131,7 +120,7 @@ def route(
     else:
         texts = list(DEFAULT_PROMPTS)[:limit]
     check_out(out, overwrite)
-    probe_set = load_probe_noting(relations, template=template, limit=limit) if relations else None
+    probe_set = relations.load()
     handle = model.load()
     plan.validate(handle)
 

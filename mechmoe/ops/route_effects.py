@@ -54,10 +54,8 @@ def route_effects(
 
     Parameters
     ----------
-    model
-        A :class:`mechmoe.Model`.
-    prompts
-        The prompts.
+    model, prompts
+        A :class:`mechmoe.Model` and the prompts to run.
     interventions
         An edit, a list of edits or a composed plan (:func:`mechmoe.compose`); it is
         validated against the model before any pass.
