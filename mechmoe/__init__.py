@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from mechmoe.probes import ProbeSet as ProbeSet
     from mechmoe.probes import evaluate as evaluate
     from mechmoe.probes import load_probe as load_probe
+    from mechmoe.probes import read_prompts as read_prompts
     from mechmoe.report import build_report as build_report
     from mechmoe.trajectory import HubRevisions as HubRevisions
     from mechmoe.trajectory import LocalCheckpoints as LocalCheckpoints
@@ -83,6 +84,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ProbeSet": ("mechmoe.probes", "ProbeSet"),
     "evaluate": ("mechmoe.probes", "evaluate"),
     "load_probe": ("mechmoe.probes", "load_probe"),
+    "read_prompts": ("mechmoe.probes", "read_prompts"),
     "sweep": ("mechmoe.trajectory", "sweep"),
     "open_store": ("mechmoe.trajectory", "open_store"),
     "register_measure": ("mechmoe.trajectory", "register_measure"),
@@ -155,6 +157,7 @@ __all__ = [
     "load_probe",
     "open_result",
     "open_store",
+    "read_prompts",
     "register_adapter",
     "register_backend",
     "register_measure",

@@ -17,7 +17,9 @@ from typing import Any, Unpack
 import torch
 from torch import nn
 
+from mechmoe._types import ExpertsImplementation
 from mechmoe.adapters.registry import get_adapter
+from mechmoe.core.checks import check_choice
 from mechmoe.core.errors import (
     DamagedFileError,
     InvalidInputError,
@@ -171,10 +173,12 @@ def load(
             raise InvalidInputError("pass tokenizer= when wrapping an HF model you built")
         return Model.from_hf(name_or_path, tokenizer, revision=revision, backend=backend)
     name = display = os.fspath(name_or_path)
-    if experts_implementation not in ("eager", "grouped_mm"):
-        raise InvalidInputError(
-            f"experts_implementation={experts_implementation!r} is not exact; use 'eager' or 'grouped_mm'"
-        )
+    check_choice(
+        experts_implementation,
+        ExpertsImplementation,
+        name="experts_implementation",
+        note="the others are not exact",
+    )
     torch_dtype, dev = _dtype(opts.dtype), _device(opts.device)
     named = _named_source(name)
     if named is not None:

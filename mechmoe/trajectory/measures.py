@@ -47,8 +47,22 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mechmoe._types import EXPERT, HEAD, LAYER, N_MASKED, NEURON, RELATION, SEED, SLOT, TOKEN, K
+from mechmoe._types import (
+    EXPERT,
+    HEAD,
+    LAYER,
+    N_MASKED,
+    NEURON,
+    RELATION,
+    SEED,
+    SLOT,
+    TOKEN,
+    K,
+    MaskMode,
+    Target,
+)
 from mechmoe.core import progress
+from mechmoe.core.checks import check_choice
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import provenance
 
@@ -106,9 +120,8 @@ def _positive_ints(measure: str, option: str, values: Any) -> tuple[int, ...]:
     return out
 
 
-def _check_choice(measure: str, option: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise _fail(measure, f"{option}={value!r}: use one of {', '.join(map(repr, choices))}")
+def _check_choice(measure: str, option: str, value: Any, choices: Any) -> None:
+    check_choice(value, choices, name=option, where=f"measure {measure!r}")
 
 
 def _config(obj: Any) -> dict[str, Any]:
@@ -150,7 +163,7 @@ class _LPIMeasure:
     name = "lpi"
 
     def __post_init__(self) -> None:
-        _check_choice(self.name, "target", self.target, ("top1", "gold"))
+        _check_choice(self.name, "target", self.target, Target)
         _check_choice(self.name, "precision", self.precision, ("exact", "bounded"))
         if not (isinstance(self.tolerance, (int, float)) and self.tolerance > 0):
             raise _fail(self.name, f"tolerance={self.tolerance!r} must be a positive number")
@@ -398,8 +411,8 @@ class Robustness:
             object.__setattr__(self, "seeds", seeds)
         _positive_ints(self.name, "k", self.k)
         _positive_ints(self.name, "batch_size", self.batch_size)
-        _check_choice(self.name, "target", self.target, ("top1", "gold"))
-        _check_choice(self.name, "mode", self.mode, ("zero", "mean"))
+        _check_choice(self.name, "target", self.target, Target)
+        _check_choice(self.name, "mode", self.mode, MaskMode)
 
     def config(self) -> dict[str, Any]:
         return _config(self)

@@ -47,10 +47,11 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from mechmoe._types import LAYER
+from mechmoe._types import LAYER, Executor
 from mechmoe.core import progress
+from mechmoe.core.checks import check_choice
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import options_json, probe_hash, provenance, weights_hash
 from mechmoe.core.writer import prepare_output
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 
     from mechmoe.model import Model
 
-Executor = Literal["local", "dask"]
 
 #: Model attrs recorded with each checkpoint (the store's attrs are read from the first).
 _MODEL_ATTRS = (
@@ -394,8 +394,7 @@ def sweep(
     t0 = time.perf_counter()
     if scheduler:
         executor = "dask"
-    if executor not in ("local", "dask"):
-        raise InvalidInputError(f"unknown executor {executor!r}; use 'local' or 'dask'")
+    check_choice(executor, Executor, name="executor")
     if workers < 1:
         raise InvalidInputError(f"workers={workers}: use at least one worker")
     if executor == "local" and workers != 1:

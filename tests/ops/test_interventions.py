@@ -462,9 +462,7 @@ def test_contradictions_fail_at_composition(make, message):
 
 
 def test_unknown_mask_mode_is_refused():
-    with pytest.raises(
-        InvalidInputError, match="MaskHeads mode must be 'zero' or 'mean', got 'max'"
-    ):
+    with pytest.raises(InvalidInputError, match="MaskHeads: mode='max': use one of 'zero', 'mean'"):
         MaskHeads({0: [1]}, mode="max")
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
+from mechmoe._types import MaskMode
+from mechmoe.core.checks import check_choice
 from mechmoe.core.edits import Site
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.interventions.checks import check_head, check_layer
@@ -26,9 +28,6 @@ from mechmoe.core.interventions.plan import Intervention
 if TYPE_CHECKING:
     from mechmoe.core.edits import EditContext
     from mechmoe.core.types import ModelView
-
-MaskMode = Literal["zero", "mean"]
-MASK_MODES: tuple[MaskMode, ...] = ("zero", "mean")
 
 
 @dataclass(frozen=True, init=False)
@@ -65,8 +64,7 @@ class MaskHeads(Intervention, family=True):
     def __init__(
         self, heads: LayerSetsInput, mode: str = "zero", means: MeansInput | None = None
     ) -> None:
-        if mode not in MASK_MODES:
-            raise InvalidInputError(f"MaskHeads mode must be 'zero' or 'mean', got {mode!r}")
+        mode = check_choice(mode, MaskMode, name="mode", where="MaskHeads")
         if means is not None and mode != "mean":
             raise InvalidInputError("MaskHeads: means= only applies with mode='mean'")
         init_fields(
@@ -159,4 +157,4 @@ class MaskHeads(Intervention, family=True):
         return out
 
 
-__all__ = ["MASK_MODES", "MaskHeads", "MaskMode"]
+__all__ = ["MaskHeads", "MaskMode"]
