@@ -14,7 +14,8 @@ from mechmoe.cli._inputs import RelationsRequest, relation_options
 from mechmoe.cli._loading import ModelRequest, load_options
 from mechmoe.cli._results import check_out, compare_table, save, stack_conditions
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.ops.interventions import MaskHeads, head_means
+from mechmoe.core.interventions import MaskHeads
+from mechmoe.ops.interventions import head_means
 from mechmoe.ops.robustness import head_ranking, head_robustness
 from mechmoe.probes import evaluate
 

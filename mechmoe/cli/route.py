@@ -24,9 +24,7 @@ from mechmoe.cli._inputs import RelationsRequest, read_prompts_noting, relation_
 from mechmoe.cli._loading import ModelRequest, load_options
 from mechmoe.cli._results import check_out, compare_table, save, stack_conditions
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.core.provenance import provenance
-from mechmoe.ops.conformance import DEFAULT_PROMPTS
-from mechmoe.ops.interventions import (
+from mechmoe.core.interventions import (
     BanExperts,
     ForceExperts,
     ScaleGates,
@@ -34,6 +32,8 @@ from mechmoe.ops.interventions import (
     ZeroExperts,
     compose,
 )
+from mechmoe.core.provenance import provenance
+from mechmoe.ops.conformance import DEFAULT_PROMPTS
 from mechmoe.ops.route_effects import route_effects
 from mechmoe.probes import evaluate
 

@@ -7,7 +7,7 @@ two next-token distributions at the last token are compared.
 Examples
 --------
 >>> from mechmoe.testing import tiny_model
->>> from mechmoe.ops.interventions import BanExperts
+>>> from mechmoe.core.interventions import BanExperts
 >>> ds = route_effects(tiny_model("olmoe"), ["The capital of France is"], BanExperts({0: [1]}))
 >>> dict(ds["top_token"].sizes)
 {'condition': 2, 'prompt': 1, 'top': 5}
@@ -26,9 +26,9 @@ import torch
 from mechmoe._types import PROMPT
 from mechmoe.core.checks import check_number, entry_point
 from mechmoe.core.errors import InvalidInputError, InvalidTypeError
+from mechmoe.core.interventions import compose
 from mechmoe.core.progress import task
 from mechmoe.core.provenance import provenance
-from mechmoe.ops.interventions import compose
 from mechmoe.probes.metrics import degenerate_rows, warn_degenerate
 
 if TYPE_CHECKING:

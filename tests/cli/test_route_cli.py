@@ -89,7 +89,7 @@ def test_route_warns_when_the_scaling_leaves_no_usable_logits():
 def test_route_writes_what_route_effects_computes(tmp_path):
     import numpy as np
 
-    from mechmoe.ops.interventions import BanExperts
+    from mechmoe.core.interventions import BanExperts
     from mechmoe.ops.route_effects import route_effects
     from mechmoe.testing import tiny_model
 

@@ -132,8 +132,8 @@ def probe():
 def _calls(tiny, probe):
     from mechmoe.analysis import coactivation, router_saturation
     from mechmoe.analysis.testing import toy_store
+    from mechmoe.core.interventions import BanExperts
     from mechmoe.ops.attribution import attribute
-    from mechmoe.ops.interventions import BanExperts
     from mechmoe.ops.robustness import head_ranking, head_robustness
     from mechmoe.ops.route_effects import route_effects
 

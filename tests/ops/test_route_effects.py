@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.ops.interventions import BanExperts, MaskHeads, SetTopK
+from mechmoe.core.interventions import BanExperts, MaskHeads, SetTopK
 from mechmoe.ops.route_effects import route_effects
 from mechmoe.testing import DEFAULT_PROMPTS, tiny_model
 
