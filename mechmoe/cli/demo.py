@@ -42,7 +42,7 @@ def demo(
     from rich.table import Table
 
     from mechmoe.report.headline import counted
-    from mechmoe.zoo.demo import DemoConfig, run_demo
+    from mechmoe.study.demo import DemoConfig, run_demo
 
     result = run_demo(
         DemoConfig(), root=root, out=out, overwrite=overwrite, workers=workers, backend=backend

@@ -7,13 +7,14 @@ to fix it. The CLI prints that sentence and exits with status 2, without a trace
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 
 class MechmoeError(Exception):
     """Base class of every error caused by the user's input."""
-
-
-class UnsupportedArchitectureError(MechmoeError):
-    """The model's architecture has no registered adapter."""
 
 
 class ModelNotFoundError(MechmoeError):
@@ -40,6 +41,42 @@ class InvalidTypeError(InvalidInputError, TypeError):
     """A Python argument of the wrong type (also a :class:`TypeError`)."""
 
 
+class RegistryError(InvalidInputError):
+    """A name that cannot be registered or looked up in one of mechmoe's registries
+    (adapters, backends, model sources, measures; :mod:`mechmoe.core.registry`), or what a
+    name leads to cannot be used."""
+
+
+class UnknownNameError(RegistryError, LookupError):
+    """No entry of that name; the message suggests the closest known one."""
+
+
+class UnsupportedArchitectureError(UnknownNameError):
+    """The model's architecture has no registered adapter."""
+
+
+class UnknownSourceError(UnknownNameError, ModelNotFoundError):
+    """``load("NAME:…")`` names no model source (also a :class:`ModelNotFoundError`)."""
+
+
+class DuplicateNameError(RegistryError, ValueError):
+    """A name already taken; registering it again needs ``replace=True``."""
+
+
+class InvalidNameError(RegistryError, ValueError):
+    """A name a registry cannot hold (e.g. a measure name that is not an identifier)."""
+
+
+class RegistryTypeError(RegistryError, InvalidTypeError):
+    """What was registered, or what a name leads to, is not of the kind the registry
+    holds (also a :class:`TypeError`)."""
+
+
+class MissingDependencyError(RegistryError):
+    """A registered entry needs a library that is not installed; the message says how
+    to install it."""
+
+
 class OutputError(InvalidInputError):
     """An output path that cannot be written safely, or a write that failed (disk full).
 
@@ -49,13 +86,33 @@ class OutputError(InvalidInputError):
     """
 
 
+# Not in __all__: a helper for mechmoe's own functions, not an error users catch.
+def checks_own_types(fn: _F) -> _F:
+    """Mark ``fn`` as checking the types of its own arguments.
+
+    Such a function raises :class:`InvalidTypeError` (one line) for an argument of the
+    wrong type; the run-time type checker the test suite installs (jaxtyping's import
+    hook with beartype) then leaves it alone, so tests see the error users see. Static
+    type checkers still read its annotations.
+    """
+    fn.__no_type_check__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 __all__ = [
     "DamagedFileError",
+    "DuplicateNameError",
     "InvalidInputError",
+    "InvalidNameError",
     "InvalidTypeError",
     "MechmoeError",
+    "MissingDependencyError",
     "ModelNotFoundError",
     "OutputError",
+    "RegistryError",
+    "RegistryTypeError",
     "SpecMismatchError",
+    "UnknownNameError",
+    "UnknownSourceError",
     "UnsupportedArchitectureError",
 ]

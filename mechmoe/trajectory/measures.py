@@ -39,18 +39,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from mechmoe._types import EXPERT, HEAD, LAYER, N_MASKED, NEURON, RELATION, SEED, SLOT, TOKEN, K
 from mechmoe.core import progress
-from mechmoe.core.errors import InvalidInputError
+from mechmoe.core.errors import (
+    InvalidInputError,
+    InvalidNameError,
+    RegistryTypeError,
+    checks_own_types,
+)
 from mechmoe.core.provenance import provenance
+from mechmoe.core.registry import Registry
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -571,92 +575,78 @@ class Routing:
 
 
 # ---- registry ------------------------------------------------------------------------------------
-_BUILTIN: dict[str, str] = {
-    "neuron_lpi": "mechmoe.trajectory.measures:NeuronLPI",
-    "expert_lpi": "mechmoe.trajectory.measures:ExpertLPI",
-    "head_lpi": "mechmoe.trajectory.measures:HeadLPI",
-    "layer_lpi": "mechmoe.trajectory.measures:LayerLPI",
-    "hit": "mechmoe.trajectory.measures:Hit",
-    "robustness": "mechmoe.trajectory.measures:Robustness",
-    "expert_load": "mechmoe.trajectory.measures:ExpertLoad",
-    "routing": "mechmoe.trajectory.measures:Routing",
-}
+#: A measure's factory: a class or function taking the measure's options as keywords.
+Factory = Callable[..., Measure]
+
+
+def _identifier(name: str) -> None:
+    if not name.isidentifier():
+        raise InvalidNameError(f"measure name {name!r} must be a Python identifier")
+
+
+MEASURES: Registry[Factory] = Registry(
+    "measure",
+    group=ENTRY_POINT_GROUP,
+    check=callable,
+    expected="a callable (a class or function that builds the measure)",
+    validate_name=_identifier,
+    how_to_add="register others with mechmoe.trajectory.register_measure or the "
+    "'mechmoe.measures' entry-point group",
+    builtins={
+        name: f"mechmoe.trajectory.measures:{cls}"
+        for name, cls in (
+            ("neuron_lpi", "NeuronLPI"),
+            ("expert_lpi", "ExpertLPI"),
+            ("head_lpi", "HeadLPI"),
+            ("layer_lpi", "LayerLPI"),
+            ("hit", "Hit"),
+            ("robustness", "Robustness"),
+            ("expert_load", "ExpertLoad"),
+            ("routing", "Routing"),
+        )
+    },
+)
 
 #: Every built-in measure, in the order a sweep runs them by default.
-DEFAULT_MEASURES: tuple[str, ...] = tuple(_BUILTIN)
-
-Factory = Callable[..., Measure]
-_registered: dict[str, Factory] = {}
-_entry_points_loaded = False
+DEFAULT_MEASURES: tuple[str, ...] = tuple(name for name, _ in MEASURES.builtin_entries())
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        register_measure(ep.name, ep.load())
+@checks_own_types
+def register_measure(name: str, factory: Factory | str, *, replace: bool = False) -> Factory | str:
+    """Register ``factory`` (a class or function taking the options as keywords, or a
+    ``"module:attr"`` string imported on first use) as ``name``.
 
-
-def register_measure(name: str, factory: Factory, *, replace: bool = False) -> Factory:
-    """Register ``factory`` (a class or function taking the options as keywords) as ``name``.
-
-    Raises ``ValueError`` if ``name`` is taken (built-ins included), unless ``replace=True``.
+    A name already known (built-ins included) raises
+    :class:`~mechmoe.core.errors.DuplicateNameError` (also a ``ValueError``) unless
+    ``replace=True``.
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"measure name {name!r} must be a Python identifier")
-    if not callable(factory):
-        raise TypeError(
-            f"the factory of measure {name!r} is a {type(factory).__name__}, not callable"
-        )
-    if (name in _registered or name in _BUILTIN) and not replace:
-        raise ValueError(
-            f"a measure named {name!r} is already registered; pass replace=True to override it"
-        )
-    _registered[name] = factory
-    return factory
+    return MEASURES.register(name, factory, replace=replace)
 
 
 def unregister_measure(name: str) -> None:
-    """Remove a registered (non built-in) measure; a no-op for unknown names."""
-    _registered.pop(name, None)
+    """Forget a registered measure (a built-in it replaced comes back); a no-op for
+    names that were not registered."""
+    MEASURES.unregister(name)
 
 
 def list_measures() -> list[str]:
     """Every known measure name: built-ins first (in default order), then others sorted."""
-    _load_entry_points()
-    return [*DEFAULT_MEASURES, *sorted(n for n in _registered if n not in _BUILTIN)]
-
-
-def _factory(name: str) -> Factory:
-    _load_entry_points()
-    if name in _registered:
-        return _registered[name]
-    if name in _BUILTIN:
-        module, _, attr = _BUILTIN[name].partition(":")
-        return getattr(importlib.import_module(module), attr)
-    known = list_measures()
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise InvalidInputError(
-        f"unknown measure {name!r}{hint} (known: {', '.join(known)}; register others with "
-        "mechmoe.trajectory.register_measure or the 'mechmoe.measures' entry-point group)"
-    )
+    return MEASURES.names()
 
 
 def measure_options(name: str) -> list[str]:
     """The option names measure ``name`` accepts."""
-    factory = _factory(name)
-    params = inspect.signature(factory).parameters.values()
+    params = inspect.signature(MEASURES.get(name)).parameters.values()
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+@checks_own_types
 def get_measure(name: str, **options: Any) -> Measure:
     """The measure ``name`` built with ``options``.
 
     Unknown names get a "did you mean"; unknown options and bad values one line naming
-    the measure and the option.
+    the measure and the option; a factory that builds something else than a measure of
+    that name a :class:`~mechmoe.core.errors.RegistryTypeError`.
 
     Examples
     --------
@@ -664,7 +654,7 @@ def get_measure(name: str, **options: Any) -> Measure:
     >>> get_measure("hit", ks=[10, 1]).config()
     {'ks': [1, 10], 'batch_size': 32}
     """
-    factory = _factory(name)
+    factory = MEASURES.get(name)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -681,12 +671,12 @@ def get_measure(name: str, **options: Any) -> Measure:
                 )
     measure = factory(**options)
     if not isinstance(measure, Measure):
-        raise TypeError(
+        raise RegistryTypeError(
             f"the factory of measure {name!r} returned a {type(measure).__name__}, which lacks "
             "the Measure protocol (name, variables, applies_to, config, __call__)"
         )
     if measure.name != name:
-        raise TypeError(f"measure registered as {name!r} calls itself {measure.name!r}")
+        raise RegistryTypeError(f"measure registered as {name!r} calls itself {measure.name!r}")
     return measure
 
 
@@ -696,6 +686,7 @@ __all__ = [
     "ExpertLPI",
     "ExpertLoad",
     "HeadLPI",
+    "MEASURES",
     "Hit",
     "LayerLPI",
     "Measure",
