@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechmoe.core.edits import SITES, EditContext, needs_of, sites_of
-from mechmoe.core.errors import InvalidInputError, MechmoeError, checks_own_types
+from mechmoe.core.errors import InvalidInputError, InvalidTypeError, MechmoeError, checks_own_types
 from mechmoe.core.interventions import as_edits
 from mechmoe.core.registry import Lazy, Registry
 from mechmoe.core.types import Batch, Capture, FFNWeights, LayerCapture, ModelView, RouterOutput
@@ -172,9 +172,10 @@ def backend_for_native(native: Any) -> str:
     for name, lazy in BACKENDS.builtin_entries():
         if lazy.requires == library:
             return name
-    raise InvalidInputError(
-        f"no built-in backend wraps a {type(native).__name__} (from {library!r}); "
-        "pass backend= naming one whose Backend.unwrap accepts it"
+    raise InvalidTypeError(
+        f"wrap() takes an object a backend runs on (of the built-in backends: a TransformerLens "
+        f"TransformerBridge), got a {type(native).__name__}; wrap an HF model with "
+        "mechmoe.load(model, tokenizer=...), or pass backend= naming a backend that unwraps it"
     )
 
 

@@ -51,6 +51,7 @@ from mechmoe.core.errors import (
     MissingDependencyError,
     RegistryTypeError,
     UnknownNameError,
+    checks_own_types,
 )
 
 T = TypeVar("T")
@@ -163,6 +164,7 @@ class Registry(Generic[T]):
         return [(name, self.get(name)) for name in self.names()]
 
     # ---- registering --------------------------------------------------------------
+    @checks_own_types
     def register(
         self, names: str | Sequence[str] | None, obj: T | str, *, replace: bool = False
     ) -> T | str:
@@ -197,12 +199,14 @@ class Registry(Generic[T]):
             self._registered[name] = entry
         return obj
 
+    @checks_own_types
     def unregister(self, name: str) -> None:
         """Forget a registered entry (a built-in it replaced comes back); a no-op for
         names that were not registered."""
         self._registered.pop(name, None)
 
     # ---- looking up ---------------------------------------------------------------
+    @checks_own_types
     def get(self, name: str) -> T:
         """The entry named ``name``, imported now if it is lazy."""
         self._check_name(name, registering=False)
@@ -240,11 +244,10 @@ class Registry(Generic[T]):
 
     def _check_type(self, obj: Any, where: str) -> T:
         if not self._check(obj):
-            raise RegistryTypeError(
-                f"{where} is a {type(obj).__name__}, not {self.expected}"
-                if not isinstance(obj, type)
-                else f"{where} is the class {obj.__name__}, not {self.expected}"
+            what = (
+                f"the class {obj.__name__}" if isinstance(obj, type) else _a(type(obj).__name__)
             )
+            raise RegistryTypeError(f"{where} is {what}, not {self.expected}")
         return obj
 
     def _resolve(self, name: str, lazy: Lazy, *, origin: str = "") -> T:
@@ -324,6 +327,10 @@ class Registry(Generic[T]):
                 "uninstall one of the packages that declare them"
             )
         return matches[0] if matches else None
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _lazy(target: str | Lazy) -> Lazy:

@@ -16,7 +16,6 @@ from mechmoe.ops.attribution import attribute
 from mechmoe.ops.robustness import head_robustness
 from mechmoe.probes import evaluate, load_probe, summarize
 from mechmoe.testing import tiny_model
-from mechmoe.trajectory import measures as M
 from mechmoe.trajectory.measures import (
     DEFAULT_MEASURES,
     Measure,
