@@ -244,9 +244,7 @@ class Registry(Generic[T]):
 
     def _check_type(self, obj: Any, where: str) -> T:
         if not self._check(obj):
-            what = (
-                f"the class {obj.__name__}" if isinstance(obj, type) else _a(type(obj).__name__)
-            )
+            what = f"the class {obj.__name__}" if isinstance(obj, type) else _a(type(obj).__name__)
             raise RegistryTypeError(f"{where} is {what}, not {self.expected}")
         return obj
 
