@@ -105,7 +105,6 @@ def test_backends_from_entry_points(installed, monkeypatch, hooks_backend):
 
 
 def test_named_sources(monkeypatch):
-    from mechmoe.model import loading
     from mechmoe.zoo.tiny import tiny_hf_model, tiny_tokenizer
 
     assert {"tiny", "smollm2"} <= set(mechmoe.model.list_sources())
@@ -123,7 +122,7 @@ def test_named_sources(monkeypatch):
         with pytest.raises(InvalidInputError, match="already registered"):
             mechmoe.register_source("mine", lambda arg: None)
     finally:
-        loading.unregister_source("mine")
+        mechmoe.model.unregister_source("mine")
 
 
 def test_public_namespace_resolves_and_stays_light():

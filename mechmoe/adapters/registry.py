@@ -8,11 +8,9 @@ an :class:`AdapterSpec`, registered under the spec's ``architectures``) or by ca
 
 from __future__ import annotations
 
-import warnings
-
 from mechmoe.adapters.spec import AdapterSpec
 from mechmoe.core.errors import UnsupportedArchitectureError, checks_own_types
-from mechmoe.core.registry import Registry
+from mechmoe.core.registry import Registry, deprecated_alias
 
 ENTRY_POINT_GROUP = "mechmoe.adapters"
 
@@ -75,14 +73,7 @@ def get_adapter(architecture: str) -> AdapterSpec:
     return ADAPTERS.get(architecture)
 
 
-def supported_architectures() -> list[str]:
-    """Deprecated alias of :func:`list_adapters` (sorted); kept for one release."""
-    warnings.warn(
-        "supported_architectures() is deprecated; use list_adapters()",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return sorted(list_adapters())
+supported_architectures = deprecated_alias(list_adapters, "supported_architectures")
 
 
 __all__ = [

@@ -16,7 +16,6 @@ complete minimal backend.
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torch import Tensor
 from mechmoe.core.edits import SITES, EditContext, needs_of, sites_of
 from mechmoe.core.errors import InvalidInputError, InvalidTypeError, MechmoeError, checks_own_types
 from mechmoe.core.interventions import as_edits
-from mechmoe.core.registry import Lazy, Registry
+from mechmoe.core.registry import Lazy, Registry, deprecated_alias
 from mechmoe.core.types import Batch, Capture, FFNWeights, LayerCapture, ModelView, RouterOutput
 
 ENTRY_POINT_GROUP = "mechmoe.backends"
@@ -179,12 +178,7 @@ def backend_for_native(native: Any) -> str:
     )
 
 
-def available_backends() -> list[str]:
-    """Deprecated alias of :func:`list_backends`; kept for one release."""
-    warnings.warn(
-        "available_backends() is deprecated; use list_backends()", DeprecationWarning, stacklevel=2
-    )
-    return list_backends()
+available_backends = deprecated_alias(list_backends, "available_backends")
 
 
 # ---- the capture pass ------------------------------------------------------------------

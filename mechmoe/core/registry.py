@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -327,6 +328,21 @@ class Registry(Generic[T]):
         return matches[0] if matches else None
 
 
+def deprecated_alias(new: Callable[[], list[str]], old_name: str) -> Callable[[], list[str]]:
+    """``new`` (a ``list_*`` function) under the name it had before, warning with a
+    ``DeprecationWarning`` when called; kept for one release."""
+
+    def alias() -> list[str]:
+        warnings.warn(
+            f"{old_name}() is deprecated; use {new.__name__}()", DeprecationWarning, stacklevel=2
+        )
+        return new()
+
+    alias.__name__ = alias.__qualname__ = old_name
+    alias.__doc__ = f"Deprecated name of :func:`{new.__name__}`, kept for one release."
+    return alias
+
+
 def _a(noun: str) -> str:
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
@@ -335,4 +351,4 @@ def _lazy(target: str | Lazy) -> Lazy:
     return target if isinstance(target, Lazy) else Lazy(target)
 
 
-__all__ = ["Lazy", "Registry"]
+__all__ = ["Lazy", "Registry", "deprecated_alias"]

@@ -1,9 +1,8 @@
 """Loading models: hub names (with revisions), local folders, GGUF files, named sources.
 
 :func:`load` reads the config first, so an unsupported architecture fails before any
-weight is read. Named sources (``"tiny:olmoe"``, ``"smollm2"``, third parties' own) are a
-:class:`~mechmoe.core.registry.Registry` (:data:`SOURCES`) filled through the entry-point
-group ``mechmoe.sources`` or :func:`register_source`. How a model is loaded is one
+weight is read. Named sources (``"tiny:olmoe"``, ``"smollm2"``, third parties' own) are
+found in their registry (:mod:`mechmoe.model.sources`). How a model is loaded is one
 :class:`~mechmoe.model.options.LoadOptions` value.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Unpack
@@ -23,16 +21,14 @@ from mechmoe.adapters.registry import get_adapter
 from mechmoe.core.errors import (
     DamagedFileError,
     InvalidInputError,
-    InvalidNameError,
     InvalidTypeError,
     MechmoeError,
     ModelNotFoundError,
-    UnknownSourceError,
     checks_own_types,
 )
-from mechmoe.core.registry import Registry
 from mechmoe.model.handle import Model
 from mechmoe.model.options import LoadKeywords, LoadOptions
+from mechmoe.model.sources import resolve_source
 
 # ---- loading ------------------------------------------------------------------------
 _DTYPES = {
@@ -82,83 +78,6 @@ def _looks_like_path(name: str) -> bool:
         or os.sep in name.strip("/").split("/", 1)[-1]
         or name.count("/") > 1
     )
-
-
-# ---- named sources ----------------------------------------------------------------------
-
-SOURCE_GROUP = "mechmoe.sources"
-
-#: A named source is called with what follows ``NAME:`` in the model name (``""`` for a bare
-#: ``NAME``) and returns a model path (a folder or ``.gguf`` file, loaded as usual) or a
-#: ``(hf_model, tokenizer)`` pair.
-Source = Callable[[str], Any]
-
-
-def _source_name(name: str) -> None:
-    if ":" in name or "/" in name:
-        raise InvalidNameError(f"a source name cannot contain ':' or '/', got {name!r}")
-
-
-SOURCES: Registry[Source] = Registry(
-    "model source",
-    group=SOURCE_GROUP,
-    check=callable,
-    expected="a callable taking what follows 'NAME:' in the model name",
-    unknown=UnknownSourceError,
-    validate_name=_source_name,
-    how_to_add="register one with mechmoe.register_source or the 'mechmoe.sources' "
-    "entry-point group (if tiny or smollm2 is missing from an editable install of mechmoe, "
-    "reinstall it: pip install -e .)",
-)
-
-
-@checks_own_types
-def register_source(name: str, source: Source | str, *, replace: bool = False) -> None:
-    """Make ``load("NAME")`` / ``load("NAME:ARG")`` call ``source(ARG)``.
-
-    ``source`` is a callable or a ``"module:attr"`` string imported on first use.
-    mechmoe's own sources (``tiny:FAMILY``, ``smollm2``) and third parties' register
-    through the entry-point group ``mechmoe.sources`` instead, so nothing is imported
-    before a source is asked for.
-    """
-    SOURCES.register(name, source, replace=replace)
-
-
-def unregister_source(name: str) -> None:
-    """Forget a registered source (an entry point of that name comes back)."""
-    SOURCES.unregister(name)
-
-
-def list_sources() -> list[str]:
-    """Names of every named source (nothing is imported)."""
-    return SOURCES.names()
-
-
-@checks_own_types
-def get_source(name: str) -> Source:
-    """The source registered as ``name`` (``"tiny"``, ``"smollm2"``, …)."""
-    return SOURCES.get(name)
-
-
-def available_sources() -> list[str]:
-    """Deprecated alias of :func:`list_sources`; kept for one release."""
-    warnings.warn(
-        "available_sources() is deprecated; use list_sources()", DeprecationWarning, stacklevel=2
-    )
-    return list_sources()
-
-
-def _from_source(name: str) -> Any:
-    """What the named source in ``name`` gives (a path, or a model and its tokenizer),
-    or ``None`` when ``name`` names no source."""
-    key, sep, arg = name.partition(":")
-    if not key or "/" in key or os.sep in key:
-        return None
-    if key in SOURCES:
-        return SOURCES.get(key)(arg)
-    if sep and not Path(name).exists():
-        raise SOURCES.unknown_error(key)
-    return None
 
 
 def _no_built_model(opts: LoadOptions, what: str) -> None:
@@ -230,7 +149,7 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
             f"experts_implementation={experts_implementation!r} is not exact; use 'eager' or 'grouped_mm'"
         )
     torch_dtype, dev = _dtype(opts.dtype), _device(opts.device)
-    made = _from_source(name)
+    made = resolve_source(name)
     if isinstance(made, tuple):  # a built model and its tokenizer
         _no_built_model(opts, f"the model of source {name!r}")
         hf, tok = made
@@ -395,7 +314,7 @@ def _load_tokenizer(spec: str | os.PathLike[str], *, trust_remote_code: bool = F
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     name = os.fspath(spec)
-    made = _from_source(name)
+    made = resolve_source(name)
     if isinstance(made, tuple):  # a built model and its tokenizer
         return made[1]
     path = Path(os.fspath(made) if made is not None else name).expanduser()
@@ -530,15 +449,4 @@ def _cached_revisions(repo_id: str) -> list[str] | None:
     return sorted(p.name for p in refs.iterdir())
 
 
-__all__ = [
-    "SOURCES",
-    "SOURCE_GROUP",
-    "available_sources",
-    "get_source",
-    "list_sources",
-    "load",
-    "quiet_hf_progress",
-    "register_source",
-    "unregister_source",
-    "wrap",
-]
+__all__ = ["load", "quiet_hf_progress", "wrap"]

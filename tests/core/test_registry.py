@@ -36,7 +36,7 @@ from mechmoe.core.errors import (
     UnsupportedArchitectureError,
 )
 from mechmoe.core.registry import Lazy, Registry
-from mechmoe.model import loading as sources
+from mechmoe.model import sources
 from mechmoe.trajectory import measures
 
 
