@@ -29,12 +29,13 @@ app = typer.Typer(
 @run_user_errors
 def list_cmd() -> None:
     """List every registered adapter and what its spec says."""
-    from mechmoe.adapters import list_adapters
+    from mechmoe.adapters import get_adapter, list_adapters
 
     table = Table(title="mechmoe adapters")
     for col in ("architecture", "adapter", "FFN", "norm", "post-norms", "description"):
         table.add_column(col)
-    for arch, spec in list_adapters():
+    for arch in list_adapters():
+        spec = get_adapter(arch)
         ffn = "MoE" if spec.moe else "dense"
         if spec.moe and spec.dense:
             ffn = "MoE (+dense layers)"

@@ -1,37 +1,62 @@
 """The model handle (:mod:`mechmoe.model.handle`), how handles are built
 (:mod:`mechmoe.model.loading`), the options they are built with
-(:mod:`mechmoe.model.options`) and the named model sources (:mod:`mechmoe.model.sources`)."""
+(:mod:`mechmoe.model.options`) and the named model sources (:mod:`mechmoe.model.sources`).
 
-from mechmoe.core.types import FFNWeights as FFNWeights
-from mechmoe.core.types import ModelDims as ModelDims
-from mechmoe.core.types import NormParams as NormParams
-from mechmoe.model.handle import Model as Model
-from mechmoe.model.handle import architecture_of as architecture_of
-from mechmoe.model.loading import load as load
-from mechmoe.model.loading import quiet_hf_progress as quiet_hf_progress
-from mechmoe.model.loading import wrap as wrap
-from mechmoe.model.options import LoadKeywords as LoadKeywords
-from mechmoe.model.options import LoadOptions as LoadOptions
-from mechmoe.model.sources import available_sources as available_sources
-from mechmoe.model.sources import get_source as get_source
-from mechmoe.model.sources import list_sources as list_sources
-from mechmoe.model.sources import register_source as register_source
-from mechmoe.model.sources import unregister_source as unregister_source
+The names below are imported on first use, so importing :mod:`mechmoe.model.options`
+(the CLI and the sweep do, to build a :class:`LoadOptions`) does not import torch.
+"""
 
-__all__ = [
-    "FFNWeights",
-    "LoadKeywords",
-    "LoadOptions",
-    "Model",
-    "ModelDims",
-    "NormParams",
-    "architecture_of",
-    "available_sources",
-    "get_source",
-    "list_sources",
-    "load",
-    "quiet_hf_progress",
-    "register_source",
-    "unregister_source",
-    "wrap",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mechmoe.core.types import FFNWeights as FFNWeights
+    from mechmoe.core.types import ModelDims as ModelDims
+    from mechmoe.core.types import NormParams as NormParams
+    from mechmoe.model.handle import Model as Model
+    from mechmoe.model.handle import architecture_of as architecture_of
+    from mechmoe.model.loading import load as load
+    from mechmoe.model.loading import quiet_hf_progress as quiet_hf_progress
+    from mechmoe.model.loading import wrap as wrap
+    from mechmoe.model.options import LoadKeywords as LoadKeywords
+    from mechmoe.model.options import LoadOptions as LoadOptions
+    from mechmoe.model.sources import available_sources as available_sources
+    from mechmoe.model.sources import get_source as get_source
+    from mechmoe.model.sources import list_sources as list_sources
+    from mechmoe.model.sources import register_source as register_source
+    from mechmoe.model.sources import unregister_source as unregister_source
+
+_WHERE = {
+    "FFNWeights": "mechmoe.core.types",
+    "ModelDims": "mechmoe.core.types",
+    "NormParams": "mechmoe.core.types",
+    "Model": "mechmoe.model.handle",
+    "architecture_of": "mechmoe.model.handle",
+    "load": "mechmoe.model.loading",
+    "quiet_hf_progress": "mechmoe.model.loading",
+    "wrap": "mechmoe.model.loading",
+    "LoadKeywords": "mechmoe.model.options",
+    "LoadOptions": "mechmoe.model.options",
+    "available_sources": "mechmoe.model.sources",
+    "get_source": "mechmoe.model.sources",
+    "list_sources": "mechmoe.model.sources",
+    "register_source": "mechmoe.model.sources",
+    "unregister_source": "mechmoe.model.sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # once imported, a plain attribute
+        return value
+    raise AttributeError(f"module 'mechmoe.model' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = sorted(_WHERE)

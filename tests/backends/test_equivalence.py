@@ -285,9 +285,9 @@ def test_robustness_experiment_agrees(models, family, probe):
 class _EagerCheckpoints(LocalCheckpoints):
     """Local checkpoints that load the nnsight side with eager attention (module docstring)."""
 
-    def load(self, checkpoint: Any, **kwargs: Any) -> mechmoe.Model:
-        model = super().load(checkpoint, **kwargs)
-        if kwargs.get("backend") == "nnsight":
+    def load(self, checkpoint: Any, options: Any = None) -> mechmoe.Model:
+        model = super().load(checkpoint, options)
+        if options is not None and options.backend == "nnsight":
             model.hf.set_attn_implementation("eager")
         return model
 
