@@ -18,9 +18,10 @@ libraries (torch, transformers, nnsight, TransformerLens) are imported on first 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mechmoe._version import __version__ as __version__
+from mechmoe.core import lazy as _lazy
 from mechmoe.core import threads as _threads
 
 # Before torch loads: OpenMP threads spin briefly, then sleep (mechmoe/core/threads.py).
@@ -120,13 +121,7 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'mechmoe' has no attribute {name!r}")
+__getattr__ = _lazy.lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

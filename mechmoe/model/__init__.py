@@ -8,8 +8,9 @@ The names below are imported on first use, so importing :mod:`mechmoe.model.opti
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mechmoe.core.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from mechmoe.core.types import FFNWeights as FFNWeights
@@ -28,31 +29,28 @@ if TYPE_CHECKING:
     from mechmoe.model.sources import register_source as register_source
     from mechmoe.model.sources import unregister_source as unregister_source
 
-_WHERE = {
-    "FFNWeights": "mechmoe.core.types",
-    "ModelDims": "mechmoe.core.types",
-    "NormParams": "mechmoe.core.types",
-    "Model": "mechmoe.model.handle",
-    "architecture_of": "mechmoe.model.handle",
-    "load": "mechmoe.model.loading",
-    "quiet_hf_progress": "mechmoe.model.loading",
-    "wrap": "mechmoe.model.loading",
-    "LoadKeywords": "mechmoe.model.options",
-    "LoadOptions": "mechmoe.model.options",
-    "available_sources": "mechmoe.model.sources",
-    "get_source": "mechmoe.model.sources",
-    "list_sources": "mechmoe.model.sources",
-    "register_source": "mechmoe.model.sources",
-    "unregister_source": "mechmoe.model.sources",
+_WHERE: dict[str, tuple[str, str]] = {
+    name: (module, name)
+    for module, names in (
+        ("mechmoe.core.types", ("FFNWeights", "ModelDims", "NormParams")),
+        ("mechmoe.model.handle", ("Model", "architecture_of")),
+        ("mechmoe.model.loading", ("load", "quiet_hf_progress", "wrap")),
+        ("mechmoe.model.options", ("LoadKeywords", "LoadOptions")),
+        (
+            "mechmoe.model.sources",
+            (
+                "available_sources",
+                "get_source",
+                "list_sources",
+                "register_source",
+                "unregister_source",
+            ),
+        ),
+    )
+    for name in names
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value  # once imported, a plain attribute
-        return value
-    raise AttributeError(f"module 'mechmoe.model' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 def __dir__() -> list[str]:

@@ -39,7 +39,6 @@ Examples
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -50,6 +49,7 @@ from mechmoe.core.errors import (
     RegistryTypeError,
     checks_own_types,
 )
+from mechmoe.core.lazy import lazy_getattr
 from mechmoe.core.registry import Registry
 
 if TYPE_CHECKING:
@@ -195,24 +195,14 @@ def get_measure(name: str, **options: Any) -> Measure:
     return measure
 
 
-#: The built-in measure classes, importable from here as before (from
-#: :mod:`mechmoe.trajectory.builtin_measures`, imported on first use).
-_BUILTIN_CLASSES = (
-    "ExpertLPI",
-    "ExpertLoad",
-    "HeadLPI",
-    "Hit",
-    "LayerLPI",
-    "NeuronLPI",
-    "Robustness",
-    "Routing",
+#: The built-in measure classes stay importable from here (imported on first use).
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        lazy.target.partition(":")[2]: tuple(lazy.target.split(":"))  # type: ignore[misc]
+        for _, lazy in MEASURES.builtin_entries()
+    },
 )
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BUILTIN_CLASSES:
-        return getattr(importlib.import_module("mechmoe.trajectory.builtin_measures"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
