@@ -18,10 +18,9 @@ libraries (torch, transformers, nnsight, TransformerLens) are imported on first 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mechmoe._version import __version__ as __version__
-from mechmoe.core import lazy as _lazy
 from mechmoe.core import threads as _threads
 
 # Before torch loads: OpenMP threads spin briefly, then sleep (mechmoe/core/threads.py).
@@ -121,7 +120,14 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 
-__getattr__ = _lazy.lazy_getattr(__name__, _LAZY)
+def __getattr__(name: str) -> Any:
+    # mechmoe.core.lazy.lazy_getattr, inlined: importing it would cost `import mechmoe` a module
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'mechmoe' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -1,11 +1,4 @@
-"""Names a module exports but imports only when first used.
-
-``mechmoe`` (the public API), ``mechmoe.model`` and ``mechmoe.trajectory.measures`` (the
-built-in measure classes) re-export names whose modules are slow to import (torch) or
-are imported on demand; each sets ``__getattr__ = lazy_getattr(__name__, where)``
-(PEP 562). A name is looked up in its module on every access, so replacing it there (a
-test's monkeypatch) is seen here too.
-"""
+"""Names a module exports but imports only when first used (:func:`lazy_getattr`)."""
 
 from __future__ import annotations
 
@@ -15,8 +8,15 @@ from typing import Any
 
 
 def lazy_getattr(module: str, where: Mapping[str, tuple[str, str]]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` resolving ``name`` to ``getattr(import(where[name][0]),
-    where[name][1])``; other names raise ``AttributeError`` as usual."""
+    """A module ``__getattr__`` (PEP 562) for names a module exports but imports on first
+    use: ``name`` resolves to ``getattr(import(where[name][0]), where[name][1])`` on every
+    access (so replacing it in its home module, as a test's monkeypatch does, is seen);
+    other names raise ``AttributeError`` as usual.
+
+    ``mechmoe.model`` and ``mechmoe.trajectory.measures`` (the built-in measure classes)
+    use it; ``mechmoe`` itself has its own copy of these few lines, so that
+    ``import mechmoe`` imports no module more than it must.
+    """
 
     def __getattr__(name: str) -> Any:
         if name in where:
