@@ -31,6 +31,8 @@ from mechmoe.core.errors import (
     MechmoeError,
     ModelNotFoundError,
     OutputError,
+    RegistryTypeError,
+    UnknownSourceError,
 )
 from mechmoe.testing import save_tiny, smollm2_gguf
 
@@ -94,6 +96,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     if real is not None:
         (root / "cut.gguf").write_bytes(real.read_bytes()[:300_000])
         out["truncated_gguf"] = root / "cut.gguf"
+        out["smollm2"] = real
     return out
 
 
@@ -420,6 +423,87 @@ CASES = [
         InvalidInputError,
         "is not a result",
     ),
+    # -- what load() and the registries are given -------------------------------------------
+    Case(
+        "api-load-an-int",
+        "api",
+        lambda t, f: _api("load", 123),
+        InvalidTypeError,
+        "load() takes a model name, a folder or file path, or an HF model (torch.nn.Module), got int",
+    ),
+    Case(
+        "api-load-none",
+        "api",
+        lambda t, f: _api("load", None),
+        InvalidTypeError,
+        "got None",
+    ),
+    Case(
+        "api-tokenizer-an-int",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", tokenizer=42),
+        InvalidTypeError,
+        "tokenizer= takes a tokenizer or a path, hub id or model name",
+    ),
+    Case(
+        "api-tokenizer-larger-than-the-vocabulary",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", tokenizer="smollm2"),
+        InvalidInputError,
+        "the tokenizer given has 49,152 tokens but 'tiny:olmoe' embeds only 416",
+        needs="smollm2",
+    ),
+    Case(
+        "cli-tokenizer-larger-than-the-vocabulary",
+        "cli",
+        lambda t, f: ["probe", "tiny:olmoe", "--tokenizer", "smollm2"],
+        InvalidInputError,
+        "pass the tokenizer the model was trained with",
+        needs="smollm2",
+    ),
+    Case(
+        "api-unknown-source",
+        "api",
+        lambda t, f: _api("load", "tinny:olmoe"),
+        UnknownSourceError,
+        "unknown model source 'tinny' (did you mean 'tiny'?)",
+    ),
+    Case(
+        "api-trust-remote-code-for-a-built-model",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", trust_remote_code=True),
+        InvalidInputError,
+        "comes already built, so drop trust_remote_code",
+    ),
+    Case(
+        "api-trust-remote-code-not-a-bool",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", trust_remote_code="yes"),
+        InvalidTypeError,
+        "trust_remote_code= takes True or False, got str",
+    ),
+    Case(
+        "api-register-a-backend-that-is-not-one",
+        "api",
+        lambda t, f: _api("register_backend", "mine", 42),
+        RegistryTypeError,
+        "backend 'mine' is an int, not a Backend subclass",
+    ),
+    Case(
+        "api-sweep-with-a-revision",
+        "api",
+        lambda t, f: _api(
+            "sweep",
+            _local_checkpoints(f["good"].parent),
+            probe=[PROMPT],
+            measures=["hit"],
+            out=t / "run.zarr",
+            revision="step1",
+        ),
+        InvalidInputError,
+        "a sweep loads each checkpoint at its own revision",
+        before_work=True,
+    ),
     # -- relation files, template indices, gold-object prompt files (reliability-semantics) --
     Case(
         "cli-template-minus-one",
@@ -604,6 +688,19 @@ CASES = [
 ]
 
 
+def _api(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """A call of the public function ``mechmoe.<name>``, made when the case runs."""
+    import mechmoe
+
+    return lambda: getattr(mechmoe, name)(*args, **kwargs)
+
+
+def _local_checkpoints(folder: Path) -> Any:
+    from mechmoe.trajectory import LocalCheckpoints
+
+    return LocalCheckpoints(folder)
+
+
 def _relation(
     tmp: Path, samples: list[dict[str, str]] | None = None, name: str = "relation.json"
 ) -> str:
@@ -731,12 +828,16 @@ def test_tokenizer_option_loads_a_checkpoint_without_one(files):
         assert model.tokenizer(PROMPT)["input_ids"] == good.tokenizer(PROMPT)["input_ids"]
         got = model.capture([PROMPT]).logits.numpy()
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-    res = runner.invoke(
-        app,
-        ["adapters", "check", str(files["no_tokenizer"]), "--tokenizer", str(files["good"])],
-    )
-    assert res.exit_code == 0, res.output
-    assert "pass" in res.output
+    # a model name works as a tokenizer too (the tiny models share the tokenizer saved here)
+    model = mechmoe.load(files["no_tokenizer"], tokenizer="tiny:llama")
+    got = model.capture([PROMPT]).logits.numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    for tokenizer in (str(files["good"]), "tiny:llama"):
+        res = runner.invoke(
+            app, ["adapters", "check", str(files["no_tokenizer"]), "--tokenizer", tokenizer]
+        )
+        assert res.exit_code == 0, res.output
+        assert "pass" in res.output
 
 
 def test_overwrite_replaces_an_earlier_result(tmp_path):

@@ -200,6 +200,11 @@ class TransformerLensBackend(Backend):
     name: ClassVar[str] = "transformerlens"
     sites: frozenset[Site] = frozenset(SITES)
 
+    @classmethod
+    def unwrap(cls, native: Any, *, tokenizer: Any = None) -> tuple[Any, Any, str]:
+        """A ``TransformerBridge``'s HF model, tokenizer and name (:func:`bridge_parts`)."""
+        return bridge_parts(native, tokenizer=tokenizer)
+
     def __init__(self, model: ModelView, native: Any = None) -> None:
         super().__init__(model, native)
         if native is None:

@@ -83,6 +83,13 @@ LOAD_OPTIONS: dict[str, Any] = {
             help="How transformers runs attention, e.g. eager or sdpa (default: its choice).",
         ),
     ],
+    "trust_remote_code": Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Run the modeling code a hub repo or folder ships (only for sources you trust).",
+        ),
+    ],
 }
 
 

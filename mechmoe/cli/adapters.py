@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mechmoe._types import Positions
-from mechmoe.adapters import list_adapters
+from mechmoe.adapters import get_adapter, list_adapters
 from mechmoe.cli._common import PromptsOpt, choice, console
 from mechmoe.cli._inputs import read_prompts_noting
 from mechmoe.cli._loading import load_model, load_options
@@ -29,7 +29,8 @@ def list_cmd() -> None:
     table = Table(title="mechmoe adapters")
     for col in ("architecture", "adapter", "FFN", "norm", "post-norms", "description"):
         table.add_column(col)
-    for arch, spec in list_adapters():
+    for arch in list_adapters():
+        spec = get_adapter(arch)
         ffn = "MoE" if spec.moe else "dense"
         if spec.moe and spec.dense:
             ffn = "MoE (+dense layers)"

@@ -12,7 +12,7 @@ from mechmoe.cli._common import console
 from mechmoe.cli._loading import load_options
 from mechmoe.model import LoadOptions
 from mechmoe.report.headline import counted
-from mechmoe.zoo import demo as study
+from mechmoe.study import demo as study
 
 app = typer.Typer()
 
@@ -57,7 +57,7 @@ def demo(
         out=out,
         overwrite=overwrite,
         workers=workers,
-        backend=options.backend,
+        options=options,
     )
     table = Table(title="miniature study: MoE vs dense (measured)")
     table.add_column("measure")

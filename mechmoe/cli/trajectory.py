@@ -11,7 +11,7 @@ from rich.table import Table
 from mechmoe._types import Executor
 from mechmoe.cli._common import OverwriteOpt, choice, console
 from mechmoe.cli._inputs import load_probe_noting
-from mechmoe.cli._loading import load_options
+from mechmoe.cli._loading import LOAD_OPTIONS, load_options
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.writer import prepare_output
 from mechmoe.model import LoadOptions
@@ -21,8 +21,8 @@ from mechmoe.trajectory.store import KIND, export_netcdf
 
 app = typer.Typer()
 
-#: The load options a sweep takes (each checkpoint is its own revision or folder).
-SWEEP_LOAD_OPTIONS = ("device", "device_map", "dtype", "tokenizer", "backend")
+#: The load options a sweep takes: all but the revision (each checkpoint is its own).
+SWEEP_LOAD_OPTIONS = tuple(name for name in LOAD_OPTIONS if name != "revision")
 ExecutorOpt = choice(
     Executor, "--executor", help="local (one process) or dask (a cluster of workers)."
 )
@@ -141,8 +141,7 @@ def trajectory(
         scheduler=scheduler,
         threads=threads,
         overwrite=overwrite,
-        # the sweep takes load options as keywords (for now)
-        **{name: getattr(options, name) for name in SWEEP_LOAD_OPTIONS},
+        options=options,
     )
     _print_summary(summary)
     if export_nc is not None:
