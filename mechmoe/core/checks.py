@@ -52,13 +52,17 @@ def choice_values(choices: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(choices))
 
 
-def closest(value: str, known: Iterable[str]) -> str | None:
-    """The known word closest to ``value`` (case ignored), or ``None`` if none is close."""
+def closest(value: str, known: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The known word closest to ``value`` (case ignored), or ``None`` if none is close.
+
+    ``cutoff`` is difflib's similarity ratio; short option names (``kz`` for ``ks``) need
+    a lower one than model names.
+    """
     known = list(known)
     folded = {k.casefold(): k for k in known}
     if value.casefold() in folded:
         return folded[value.casefold()]
-    close = difflib.get_close_matches(value.casefold(), list(folded), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value.casefold(), list(folded), n=1, cutoff=cutoff)
     return folded[close[0]] if close else None
 
 

@@ -177,7 +177,7 @@ def get_measure(name: str, **options: Any) -> Measure:
         accepted = measure_options(name)
         for option in options:
             if option not in accepted:
-                close = closest(option, accepted)
+                close = closest(option, accepted, cutoff=0.5)
                 hint = f" (did you mean {close!r}?)" if close else ""
                 raise InvalidInputError(
                     f"measure {name!r} has no option {option!r}{hint}; its options: "
