@@ -72,6 +72,13 @@ class MissingDependencyError(RegistryError):
     to install it."""
 
 
+class HubError(ModelNotFoundError):
+    """The hub (or the mirror ``HF_ENDPOINT`` names) was reached but answered with an
+    error (a server error, a proxy, an answer that is not the hub's); also a
+    :class:`ModelNotFoundError`. The message says whether the local cache can stand in.
+    """
+
+
 class OutputError(InvalidInputError):
     """An output path that cannot be written safely, or a write that failed (disk full).
 
@@ -84,6 +91,7 @@ class OutputError(InvalidInputError):
 __all__ = [
     "DamagedFileError",
     "DuplicateNameError",
+    "HubError",
     "InvalidInputError",
     "InvalidNameError",
     "InvalidTypeError",

@@ -28,6 +28,7 @@ from mechmoe.core.errors import (
     ModelNotFoundError,
 )
 from mechmoe.model.handle import Model
+from mechmoe.model.hub import cached_branches
 from mechmoe.model.options import LoadKeywords, LoadOptions
 from mechmoe.model.sources import resolve_source
 
@@ -385,6 +386,18 @@ def _damaged(what: str, name: str, exc: BaseException) -> MechmoeError:
     )
 
 
+def _chained(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of one of ``kinds`` among ``exc``'s causes and contexts."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _hf_call(
     fn: Callable[..., Any],
     source: str,
@@ -406,19 +419,25 @@ def _hf_call(
     )
 
     try:
-        return fn(source, **kwargs)
+        try:
+            return fn(source, **kwargs)
+        except OSError as exc:  # transformers rewords the hub's errors: raise the hub's own
+            cause = _chained(exc, (RevisionNotFoundError, RepositoryNotFoundError, GatedRepoError))
+            if cause is None:
+                raise
+            raise cause from None
     except RevisionNotFoundError:
         raise ModelNotFoundError(f"revision {revision!r} of {name!r} does not exist") from None
-    except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"model {name!r} not found on the hub or on disk") from None
-    except GatedRepoError:
+    except GatedRepoError:  # before its base class, RepositoryNotFoundError
         raise ModelNotFoundError(
             f"model {name!r} is gated: log in with `hf auth login` first"
         ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"model {name!r} not found on the hub or on disk") from None
     except (LocalEntryNotFoundError, OSError) as exc:
         text = str(exc)
         if "connect" in text.lower() or isinstance(exc, LocalEntryNotFoundError):
-            cached = _cached_revisions(name)
+            cached = cached_branches(name)
             if cached is None:
                 raise ModelNotFoundError(
                     f"model {name!r} is not in the local hub cache and the hub cannot be reached"
@@ -440,16 +459,6 @@ def _hf_call(
                 "you trust it"
             ) from None
         raise _damaged(what, name, exc) from None
-
-
-def _cached_revisions(repo_id: str) -> list[str] | None:
-    """Branches of ``repo_id`` in the local hub cache, or ``None`` if it is not cached."""
-    from huggingface_hub import constants
-
-    refs = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--")) / "refs"
-    if not refs.is_dir():
-        return None
-    return sorted(p.name for p in refs.iterdir())
 
 
 __all__ = ["load", "quiet_hf_progress", "wrap"]
