@@ -31,6 +31,12 @@ from mechmoe.model.handle import Model
 from mechmoe.model.hub import cached_branches
 from mechmoe.model.options import LoadKeywords, LoadOptions
 from mechmoe.model.sources import resolve_source
+from mechmoe.model.weights import (
+    check_finite_weights,
+    check_load_report,
+    load_report,
+    quiet_load_report,
+)
 
 # ---- loading ------------------------------------------------------------------------
 _DTYPES = {
@@ -84,11 +90,12 @@ def _looks_like_path(name: str) -> bool:
 
 def _no_built_model(opts: LoadOptions, what: str) -> None:
     """Refuse options that only apply where transformers loads the model."""
-    if opts.trust_remote_code:
-        raise InvalidInputError(
-            f"trust_remote_code applies to models transformers loads (hub names, folders, "
-            f".gguf files); {what} comes already built, so drop trust_remote_code"
-        )
+    for flag in ("trust_remote_code", "allow_missing_weights"):
+        if getattr(opts, flag):
+            raise InvalidInputError(
+                f"{flag} applies to models transformers loads (hub names, folders, "
+                f".gguf files); {what} comes already built, so drop {flag}"
+            )
 
 
 @entry_point
@@ -131,6 +138,7 @@ def load(
             f"got {got}"
         )
     model = _load(name_or_path, opts)
+    check_finite_weights(model.hf, model.name)
     model.load_options = opts
     return model
 
@@ -213,16 +221,26 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         kwargs["experts_implementation"] = experts_implementation
     if opts.attn_implementation is not None:
         kwargs["attn_implementation"] = opts.attn_implementation
-    load_kwargs: dict[str, Any] = {**kwargs, "dtype": torch_dtype}
+    # mismatched shapes are reported with the missing tensors, in mechmoe's words
+    load_kwargs: dict[str, Any] = {
+        **kwargs,
+        "dtype": torch_dtype,
+        "output_loading_info": True,
+        "ignore_mismatched_sizes": True,
+    }
     if opts.device_map is not None:
         load_kwargs["device_map"] = opts.device_map
-    with quiet_hf_progress():
-        hf = _hf_call(
+    with quiet_hf_progress(), quiet_load_report():
+        hf, info = _hf_call(
             AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights"
         )
+    report = load_report(info)
+    check_load_report(report, display, allow=opts.allow_missing_weights)
     if opts.device_map is None:
         hf.to(dev)
     model = Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)
+    if any(report.values()):
+        model.weights_report = report
     return _checked_vocab(model, given=given)
 
 
@@ -266,7 +284,9 @@ def wrap(
     hf, tok, default = get_backend(backend).unwrap(native, tokenizer=tokenizer)
     if isinstance(tok, (str, os.PathLike)):
         tok = _load_tokenizer(tok)
-    return Model.from_hf(hf, tok, name=name or default, backend=backend, native=native)
+    model = Model.from_hf(hf, tok, name=name or default, backend=backend, native=native)
+    check_finite_weights(model.hf, model.name)
+    return model
 
 
 @contextlib.contextmanager
