@@ -79,6 +79,20 @@ class HubError(ModelNotFoundError):
     """
 
 
+class NonFiniteError(InvalidInputError):
+    """A forward pass whose activations become NaN or infinite (an overflow in float16, a
+    numerically broken checkpoint): every number computed from it would be garbage. The
+    message names the first layer where they appear. NaN or infinite *weights* are
+    refused when the model loads (:class:`DamagedFileError`).
+
+    ``where`` names the place (``"layer 1 (FFN)"``), when known.
+    """
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+
 class OutputError(InvalidInputError):
     """An output path that cannot be written safely, or a write that failed (disk full).
 
@@ -98,6 +112,7 @@ __all__ = [
     "MechmoeError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "NonFiniteError",
     "OutputError",
     "RegistryError",
     "RegistryTypeError",
