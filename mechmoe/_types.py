@@ -36,6 +36,9 @@ NormKind = Literal["rmsnorm", "layernorm"]
 WeightLayout = Literal["linear", "conv1d"]
 Positions = Literal["last", "all"]
 LayerKind = Literal["moe", "dense"]
+#: A layer's token mixer: attention (with heads) or a recurrent mixer without heads
+#: (Mamba, linear attention, short convolutions in hybrid stacks).
+MixerKind = Literal["attention", "recurrent"]
 #: The capture backend used when none is named (``load(..., backend=...)``, ``--backend``).
 DEFAULT_BACKEND = "nnsight"
 

@@ -12,18 +12,34 @@ from mechmoe.adapters.registry import (
 from mechmoe.adapters.registry import (
     supported_architectures as supported_architectures,
 )
+from mechmoe.adapters.routing import RoutingRule as RoutingRule
+from mechmoe.adapters.routing import resolve_rule as resolve_rule
+from mechmoe.adapters.routing import route as route
 from mechmoe.adapters.spec import AdapterSpec as AdapterSpec
 from mechmoe.adapters.spec import DenseMLPSpec as DenseMLPSpec
+from mechmoe.adapters.spec import Factor as Factor
+from mechmoe.adapters.spec import GLUSpec as GLUSpec
+from mechmoe.adapters.spec import GroupSpec as GroupSpec
+from mechmoe.adapters.spec import LayerSchedule as LayerSchedule
 from mechmoe.adapters.spec import MoESpec as MoESpec
 from mechmoe.adapters.spec import NormSpec as NormSpec
+from mechmoe.adapters.spec import RouterSpec as RouterSpec
 
 __all__ = [
     "AdapterSpec",
     "DenseMLPSpec",
+    "Factor",
+    "GLUSpec",
+    "GroupSpec",
+    "LayerSchedule",
     "MoESpec",
     "NormSpec",
+    "RouterSpec",
+    "RoutingRule",
     "get_adapter",
     "list_adapters",
     "register_adapter",
+    "resolve_rule",
+    "route",
     "supported_architectures",
 ]

@@ -26,6 +26,14 @@ _BUILTIN: dict[str, str] = {
     "LlamaForCausalLM": "mechmoe.adapters.llama:SPEC",
     "Qwen2ForCausalLM": "mechmoe.adapters.qwen2:SPEC",
     "GPT2LMHeadModel": "mechmoe.adapters.gpt2:SPEC",
+    "DeepseekV3ForCausalLM": "mechmoe.adapters.deepseek:DEEPSEEK_V3",
+    "Glm4MoeForCausalLM": "mechmoe.adapters.deepseek:GLM4_MOE",
+    "GptOssForCausalLM": "mechmoe.adapters.gpt_oss:SPEC",
+    "Llama4ForCausalLM": "mechmoe.adapters.llama4:SPEC",
+    "GraniteMoeForCausalLM": "mechmoe.adapters.granite:GRANITEMOE",
+    "GraniteMoeSharedForCausalLM": "mechmoe.adapters.granite:GRANITEMOE_SHARED",
+    "JambaForCausalLM": "mechmoe.adapters.jamba:SPEC",
+    "PhimoeForCausalLM": "mechmoe.adapters.phimoe:SPEC",
 }
 
 _registered: dict[str, AdapterSpec] = {}

@@ -79,6 +79,120 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "olmo2": ("Olmo2Config", _COMMON),
     "llama": ("LlamaConfig", _COMMON),
     "qwen2": ("Qwen2Config", _COMMON),
+    # The routers of issue 24: odd expert counts, groups, selection biases (drawn in
+    # tiny_hf_model), dense first layers, hybrids, scaled residuals.
+    "deepseek_v3": (
+        "DeepseekV3Config",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            num_key_value_heads=4,  # latent attention expands keys per head
+            n_routed_experts=15,
+            n_group=5,
+            topk_group=2,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            n_shared_experts=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=12,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+    ),
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            n_routed_experts=12,
+            n_group=4,
+            topk_group=2,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            n_shared_experts=1,
+            norm_topk_prob=False,
+            routed_scaling_factor=1.5,
+            head_dim=16,
+        ),
+    ),
+    "gpt_oss": (
+        "GptOssConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            intermediate_size=24,
+            head_dim=16,
+            swiglu_limit=1.0,  # small enough that the clamps bite on tiny activations
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 150000.0},
+        ),
+    ),
+    "llama4": (
+        "Llama4TextConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_local_experts=5,
+            intermediate_size=24,
+            intermediate_size_mlp=40,
+            interleave_moe_layer_step=2,
+            head_dim=16,
+        ),
+    ),
+    "granitemoe": (
+        "GraniteMoeConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            intermediate_size=24,
+            residual_multiplier=0.7,
+            embedding_multiplier=3.0,
+            logits_scaling=3.0,
+            attention_multiplier=0.2,
+        ),
+    ),
+    "granitemoeshared": (
+        "GraniteMoeSharedConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            intermediate_size=24,
+            shared_intermediate_size=20,
+            residual_multiplier=0.7,
+            embedding_multiplier=3.0,
+            logits_scaling=3.0,
+        ),
+    ),
+    "jamba": (
+        "JambaConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_experts=5,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=0,
+            mamba_d_state=8,
+            mamba_dt_rank=8,
+        ),
+    ),
+    "phimoe": (
+        "PhimoeConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            router_jitter_noise=0.3,  # a band wide enough to keep several experts
+            attention_bias=True,
+            lm_head_bias=True,
+        ),
+    ),
     "gpt2": (
         "GPT2Config",
         dict(
@@ -143,9 +257,16 @@ def tiny_hf_model(family: str, *, seed: int = 0) -> PreTrainedModel:
                 p.copy_(1.0 + 0.2 * noise) if name.endswith("weight") else p.copy_(0.1 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.05 * noise)
+            elif name.endswith(("A_log", ".D")):  # Mamba's state decay and skip: keep HF's
+                continue
             else:
                 fan_in = p.shape[-1] if p.ndim >= 2 else 1
                 p.copy_(noise / fan_in**0.5)
+        for name, b in model.named_buffers():
+            # a router's selection bias (DeepSeek-V3's e_score_correction_bias) is a buffer:
+            # drawn too, so the biased choice differs from the unbiased one
+            if name.endswith("_bias") and b.is_floating_point():
+                b.copy_(0.2 * torch.randn(b.shape, generator=gen))
     return model.eval()
 
 
