@@ -100,6 +100,9 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     #: The edit sites this backend can apply (class default; an instance may narrow it).
     sites: frozenset[str] = frozenset(SITES)
+    #: Whether ``load()`` first builds this backend on a weightless (meta-device) copy of
+    #: the model, so a model it cannot run is refused by name before any weight is read.
+    checks_before_weights: ClassVar[bool] = False
 
     def __init__(self, model: ModelView, native: Any = None) -> None:
         self.model = model

@@ -8,6 +8,7 @@ backend (:mod:`mechmoe.backends`). :mod:`mechmoe.model.loading` builds handles.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -118,6 +119,24 @@ class Model:
         return cls(
             hf, tokenizer, spec, name=name, revision=revision, backend=backend, native=native
         )
+
+    @classmethod
+    def check_backend(cls, config: Any, spec: AdapterSpec, *, name: str, backend: str) -> None:
+        """Refuse, before any weight is read, a model that ``backend`` cannot run.
+
+        A backend that asks for it (``checks_before_weights``, e.g. TransformerLens, whose
+        bridges hook some families' routers and not others) is built on a weightless
+        (meta-device) copy of the model made from ``config``; whatever it cannot reach is
+        reported by name. Other backends cost nothing here.
+        """
+        backend_cls = get_backend(backend)
+        if not getattr(backend_cls, "checks_before_weights", False):
+            return
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            hf = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+        cls(hf, None, spec, name=name, backend=backend).backend_impl  # noqa: B018
 
     # ---- structure -----------------------------------------------------------------
     def _layer_paths(self, layer: int) -> list[str]:
@@ -497,6 +516,28 @@ class Model:
         """The factor :meth:`scale_logits` applies, as one number (1 where none)."""
         f = self._factor(self.spec.logit_scale, "logit scale")
         return 1.0 if f is None else (1.0 / f[0] if f[1] else f[0])
+
+    @property
+    def experts_implementation(self) -> str:
+        """How transformers runs this model's fused experts (``"eager"``, ``"grouped_mm"``,
+        …; ``""`` for a dense model). The capture recomputes the chosen experts' neurons
+        from the weights, so it is exact under either (tests/adapters/test_families.py)."""
+        if not self.dims.is_moe:
+            return ""
+        return str(getattr(self.hf.config, "_experts_implementation", None) or "grouped_mm")
+
+    @property
+    def routing_summary(self) -> str:
+        """The routing rule in words (``""`` for a dense model), for provenance."""
+        rules = []
+        for i, kind in enumerate(self._kinds):
+            if kind == "moe":
+                text = self.routing_rule(i).describe()
+                if self.selection_bias(i) is not None:
+                    text += ", selection bias"
+                if text not in rules:
+                    rules.append(text)
+        return "; ".join(rules)
 
     # ---- running ----------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str], *, positions: Any = "last") -> Batch:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mechmoe.adapters.registry import get_adapter
+from mechmoe.backends.base import get_backend
 from mechmoe.core.errors import (
     DamagedFileError,
     InvalidInputError,
@@ -182,9 +183,12 @@ def load(
         if isinstance(made, tuple):  # a built model and its tokenizer
             hf, tok = made
             hf.to(device=dev, dtype=torch_dtype)
-            return Model.from_hf(
+            handle = Model.from_hf(
                 hf, tokenizer if tokenizer is not None else tok, name=display, backend=backend
             )
+            if get_backend(backend).checks_before_weights:  # refuse now, not at the first pass
+                handle.backend_impl  # noqa: B018
+            return handle
         name = os.fspath(made)
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -219,6 +223,7 @@ def load(
 
     config = _hf_call(AutoConfig.from_pretrained, source, name, kwargs, what="config")
     spec = get_adapter(_architecture_from_config(config))
+    Model.check_backend(config, spec, name=display, backend=backend)
     if tokenizer is None:  # before the weights: a broken tokenizer is found at once
         tok_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
         tokenizer = _hf_call(
