@@ -206,11 +206,14 @@ class Model:
 
     def _check_paths(self) -> None:
         where = type(self.hf).__name__
+        self._check_schedule()
         for path in (self.spec.final_norm, self.spec.unembed):
             _resolve(self.hf, path, where=where)
         for i, layer in enumerate(self._layers):
             for path in self._layer_paths(i):
                 _resolve(layer, path, where=f"{where} layer {i} ({self.spec.layers}.{i})")
+
+    def _check_schedule(self) -> None:
         moe = self.spec.moe
         if moe is not None and moe.layers is not None:
             # the schedule says dense: the layer must not hold a router (TransformerLens

@@ -249,6 +249,19 @@ def tiny_hf_model(family: str, *, seed: int = 0) -> PreTrainedModel:
     config._experts_implementation = "eager"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return random_weights(model, seed=seed)
+
+
+def random_weights(model: PreTrainedModel, *, seed: int = 0) -> PreTrainedModel:
+    """Redraw ``model``'s weights as the tiny zoo does (in place; returned in eval mode).
+
+    Weights ``N(0, 1/fan_in)``, norm scales ``1 + N(0, 0.04)``, biases ``N(0, 0.0025)``, a
+    router's selection-bias buffer ``N(0, 0.04)``; Mamba's decay and skip keep HF's init.
+    Any HF model can be drawn this way, e.g. a tiny config of a family mechmoe does not
+    ship, to test a spec written for it.
+    """
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -349,6 +362,7 @@ __all__ = [
     "MOE_FAMILIES",
     "TINY_FAMILIES",
     "random_olmoe",
+    "random_weights",
     "save_tiny",
     "source",
     "tiny_hf_model",
