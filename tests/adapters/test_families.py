@@ -418,3 +418,21 @@ def test_transformerlens_refuses_the_others_before_reading_weights(family, tmp_p
     with pytest.raises(MechmoeError, match=TL_REFUSED[family]) as err:
         mechmoe.load(str(folder), backend="transformerlens")
     assert "use backend='nnsight'" in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["llama4", "gpt_oss", "deepseek_v3"])
+def test_coefficients_are_what_multiplies_each_down_column(family):
+    """FFNWeights.coefficients (for edits that scale neurons) equals the capture's
+    expert_gate · acts, wherever the family applies its routing weight."""
+    model = _model(family)
+    cap = model.capture(PROMPTS)
+    li = model.dims.layer_kinds.index("moe")
+    lc = cap.layers[li]
+    W = model.ffn_weights(li)
+    x = lc.ffn_in[:, 0]
+    for s in range(lc.expert_idx.shape[-1]):
+        for b in range(x.shape[0]):
+            e = int(lc.expert_idx[b, 0, s])
+            got = W.coefficients(x[b : b + 1], e, lc.expert_weight[b, 0, s : s + 1])
+            want = lc.expert_gate[b, 0, s] * lc.acts[b, 0, s]
+            torch.testing.assert_close(got[0], want, atol=1e-6, rtol=1e-6)

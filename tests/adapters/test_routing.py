@@ -352,3 +352,22 @@ def test_impossible_requests_are_refused():
     # 2 groups of 3 experts are kept: 7 experts per token cannot be chosen
     with pytest.raises(InvalidInputError, match="groups"):
         _route(model, li, logits, k=7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_request_is_the_router_bit_for_bit_in_bfloat16(family):
+    """The dtypes are part of the rule: float32 scores, weights in the model's dtype or
+    float32, as each family's router computes them."""
+    import copy
+
+    from mechmoe.model import Model
+
+    model = _model(family)
+    m16 = Model.from_hf(
+        copy.deepcopy(model.hf).to(torch.bfloat16), model.tokenizer, spec=model.spec
+    )
+    li = _moe_layer(m16)
+    own = _own(m16, li, _inputs(m16, rows=200).to(torch.bfloat16))
+    weights, index = _route(m16, li, own.logits)
+    assert torch.equal(index, own.index) and torch.equal(weights, own.weights)
+    assert weights.dtype == own.weights.dtype

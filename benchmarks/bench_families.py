@@ -1,0 +1,233 @@
+"""Capture pass and neuron-level Gated-LPI on the routers of issue 24, against a plain forward.
+
+Each family gets a random-weight model whose MoE layers are shaped like its smallest
+released model's (expert count, top-k, groups, shared experts, dense/MoE schedule, the
+same router) at a reduced width (d_model 256, expert width 128, 4 layers, vocab 32,768),
+so CPU runs take seconds. In the same run, on the same model and batch of left-padded
+prompts: a plain HF forward (``model.hf_logits``), one capture at the last token (the
+pass every operation runs), and neuron-level Gated-LPI (``attribute(level="neuron")``,
+exact). Times are medians of ``--repeats``; ratios are against the plain forward.
+
+    python benchmarks/bench_families.py [--repeats 5] [--prompts 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+import transformers as tf
+
+import mechmoe
+from mechmoe.model import Model
+from mechmoe.ops.attribution import attribute
+from mechmoe.testing import DEFAULT_PROMPTS, tiny_tokenizer
+from mechmoe.zoo.tiny import random_weights
+
+WIDTH: dict[str, Any] = dict(
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    vocab_size=32768,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+
+#: family -> (config class, the smallest release's MoE layout, which release)
+SHAPES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "deepseek_v3": (
+        "DeepseekV3Config",
+        dict(
+            n_routed_experts=256,
+            num_experts_per_tok=8,
+            n_group=8,
+            topk_group=4,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            intermediate_size=512,
+            moe_intermediate_size=128,
+            q_lora_rank=None,
+            kv_lora_rank=64,
+            qk_rope_head_dim=16,
+            qk_nope_head_dim=32,
+            v_head_dim=32,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        "DeepSeek-V3: 256 experts, top-8, 8 groups keep 4, 1 shared, 3 dense layers",
+    ),
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        dict(
+            n_routed_experts=128,
+            num_experts_per_tok=8,
+            n_group=1,
+            topk_group=1,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            routed_scaling_factor=1.0,
+            norm_topk_prob=True,
+            intermediate_size=512,
+            moe_intermediate_size=128,
+            head_dim=64,
+        ),
+        "GLM-4.5-Air: 128 experts, top-8, 1 shared, 1 dense layer",
+    ),
+    "gpt_oss": (
+        "GptOssConfig",
+        dict(
+            num_local_experts=32,
+            num_experts_per_tok=4,
+            intermediate_size=128,
+            head_dim=64,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+            rope_parameters={"rope_type": "default", "rope_theta": 150000.0},
+        ),
+        "gpt-oss-20b: 32 experts, top-4",
+    ),
+    "llama4": (
+        "Llama4TextConfig",
+        dict(
+            num_local_experts=16,
+            num_experts_per_tok=1,
+            intermediate_size=128,
+            intermediate_size_mlp=512,
+            interleave_moe_layer_step=1,
+            head_dim=64,
+        ),
+        "Llama-4-Scout: 16 experts, top-1, 1 shared, every layer MoE",
+    ),
+    "granitemoe": (
+        "GraniteMoeConfig",
+        dict(
+            num_local_experts=32,
+            num_experts_per_tok=8,
+            intermediate_size=128,
+            residual_multiplier=0.22,
+            logits_scaling=6.0,
+        ),
+        "granite-3.0-1b-a400m: 32 experts, top-8",
+    ),
+    "granitemoeshared": (
+        "GraniteMoeSharedConfig",
+        dict(
+            num_local_experts=32,
+            num_experts_per_tok=8,
+            intermediate_size=128,
+            shared_intermediate_size=256,
+            residual_multiplier=0.22,
+            logits_scaling=6.0,
+        ),
+        "Granite-MoE-Shared: 32 experts, top-8, a shared MLP",
+    ),
+    "jamba": (
+        "JambaConfig",
+        dict(
+            num_experts=16,
+            num_experts_per_tok=2,
+            intermediate_size=128,
+            attn_layer_period=4,
+            attn_layer_offset=2,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            mamba_d_state=16,
+        ),
+        "Jamba-Mini: 16 experts, top-2, MoE every 2nd layer, attention every 8th (4th here)",
+    ),
+    "phimoe": (
+        "PhimoeConfig",
+        dict(num_local_experts=16, num_experts_per_tok=2, intermediate_size=128),
+        "Phi-3.5-MoE: 16 experts, SparseMixer top-2",
+    ),
+}
+
+
+def build(family: str, experts_implementation: str) -> Model:
+    cls, shape, _ = SHAPES[family]
+    cfg = getattr(tf, cls)(**{**WIDTH, **shape})
+    cfg._experts_implementation = experts_implementation
+    torch.manual_seed(0)
+    hf = random_weights(tf.AutoModelForCausalLM.from_config(cfg), seed=0)
+    return mechmoe.load(hf, tokenizer=tiny_tokenizer())
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(family: str, repeats: int, n_prompts: int, impl: str) -> dict[str, Any]:
+    model = build(family, impl)
+    prompts = [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] + f" {i}" for i in range(n_prompts)]
+    batch = model.tokenize(prompts)
+    with torch.no_grad():
+        plain = _time(lambda: model.hf_logits(batch), repeats)
+        capture = _time(lambda: model.capture(batch), repeats)
+    lpi = _time(lambda: attribute(model, prompts, level="neuron"), max(1, repeats // 2))
+    d = model.dims
+    return {
+        "family": family,
+        "release": SHAPES[family][2],
+        "experts_implementation": impl,
+        "experts": max(d.n_experts),
+        "top_k": max(d.top_k),
+        "layer_kinds": "".join(k[0] for k in d.layer_kinds),
+        "plain_s": plain,
+        "capture_s": capture,
+        "capture_ratio": capture / plain,
+        "gated_lpi_s": lpi,
+        "gated_lpi_ratio": lpi / plain,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--families", nargs="*", default=list(SHAPES))
+    ap.add_argument("--impl", nargs="*", default=["eager", "grouped_mm"])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    print(
+        f"threads={torch.get_num_threads()} prompts={args.prompts} repeats={args.repeats} "
+        "(median); width d_model 256, expert width 128, 4 layers, vocab 32,768"
+    )
+    header = (
+        f"{'family':<17} {'impl':<10} {'E/k':>7} {'plain':>9} {'capture':>9} {'ratio':>6} "
+        f"{'Gated-LPI':>10} {'ratio':>6}"
+    )
+    print(header)
+    rows = []
+    for family in args.families:
+        for impl in args.impl:
+            r = bench(family, args.repeats, args.prompts, impl)
+            rows.append(r)
+            print(
+                f"{family:<17} {impl:<10} {r['experts']:>4}/{r['top_k']:<2} "
+                f"{r['plain_s'] * 1e3:>7.1f}ms {r['capture_s'] * 1e3:>7.1f}ms "
+                f"{r['capture_ratio']:>5.2f}× {r['gated_lpi_s'] * 1e3:>8.1f}ms "
+                f"{r['gated_lpi_ratio']:>5.1f}×",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "threads": torch.get_num_threads()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
