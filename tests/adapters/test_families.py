@@ -436,3 +436,32 @@ def test_coefficients_are_what_multiplies_each_down_column(family):
             got = W.coefficients(x[b : b + 1], e, lc.expert_weight[b, 0, s : s + 1])
             want = lc.expert_gate[b, 0, s] * lc.acts[b, 0, s]
             torch.testing.assert_close(got[0], want, atol=1e-6, rtol=1e-6)
+
+
+class _AddToExperts:
+    """An edit at the experts_out site that adds a fixed vector to the routed sum."""
+
+    sites = frozenset({"experts_out"})
+    needs = frozenset()
+
+    def __init__(self, layer: int, delta: torch.Tensor) -> None:
+        self.layer, self.delta = layer, delta
+
+    def validate(self, model) -> None:
+        pass
+
+    def apply(self, site, layer, value, ctx):
+        return value + self.delta.to(value.dtype) if layer == self.layer else None
+
+
+@pytest.mark.parametrize("family", ["llama4", "deepseek_v3", "gpt_oss"])
+def test_the_experts_out_site_edits_the_routed_sum(family):
+    """Llama-4's experts return every expert's output stacked for the block to sum: an
+    edit there still sees, and changes, the routed sum alone."""
+    model = _model(family)
+    li = model.dims.layer_kinds.index("moe")
+    delta = torch.linspace(-1, 1, model.dims.d_model)
+    base = model.capture(PROMPTS)
+    edited = model.capture(PROMPTS, interventions=_AddToExperts(li, delta))
+    change = edited.layers[li].ffn_raw - base.layers[li].ffn_raw
+    torch.testing.assert_close(change, delta.expand_as(change), atol=1e-5, rtol=0)
