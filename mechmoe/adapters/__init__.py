@@ -1,20 +1,14 @@
 """Model-family adapters: declarative specs and the registry that finds them."""
 
-from mechmoe.adapters.registry import (
-    get_adapter as get_adapter,
-)
-from mechmoe.adapters.registry import (
-    list_adapters as list_adapters,
-)
-from mechmoe.adapters.registry import (
-    register_adapter as register_adapter,
-)
-from mechmoe.adapters.registry import (
-    supported_architectures as supported_architectures,
-)
+from mechmoe.adapters.registry import get_adapter as get_adapter
+from mechmoe.adapters.registry import list_adapters as list_adapters
+from mechmoe.adapters.registry import register_adapter as register_adapter
+from mechmoe.adapters.registry import supported_architectures as supported_architectures
+from mechmoe.adapters.registry import unregister_adapter as unregister_adapter
 from mechmoe.adapters.routing import RoutingRule as RoutingRule
-from mechmoe.adapters.routing import resolve_rule as resolve_rule
+from mechmoe.adapters.routing import reroute as reroute
 from mechmoe.adapters.routing import route as route
+from mechmoe.adapters.routing import routing_rule as routing_rule
 from mechmoe.adapters.spec import AdapterSpec as AdapterSpec
 from mechmoe.adapters.spec import DenseMLPSpec as DenseMLPSpec
 from mechmoe.adapters.spec import Factor as Factor
@@ -39,7 +33,9 @@ __all__ = [
     "get_adapter",
     "list_adapters",
     "register_adapter",
-    "resolve_rule",
+    "reroute",
     "route",
+    "routing_rule",
     "supported_architectures",
+    "unregister_adapter",
 ]

@@ -1,11 +1,11 @@
-"""One routing function for every family: the router description, applied.
+"""One routing module for every family: the router description, applied.
 
-:func:`resolve_rule` turns a spec's :class:`~mechmoe.adapters.spec.RouterSpec` and a
-model config into a :class:`RoutingRule` of plain values; :func:`route` applies a rule to
-router logits and returns the chosen experts and their weights, exactly as the family's
-router computes them (same operations in the same order and dtype, so with no request
-the result equals the family's own forward bit for bit), or as a routing request changes
-them:
+:func:`routing_rule` turns an adapter spec's :class:`~mechmoe.adapters.spec.RouterSpec`
+and a model config into a :class:`RoutingRule` of plain values; :func:`route` applies a
+rule to router logits and returns the chosen experts and their weights, exactly as the
+family's router computes them (same operations in the same order and dtype, so with no
+request the result equals the family's own forward bit for bit), or as a routing request
+changes them:
 
 - ``banned`` experts are taken out before anything is chosen: their logit becomes −∞
   (so a softmax over all experts no longer counts them) and their selection score −∞
@@ -16,6 +16,11 @@ them:
 - ``k`` sets how many experts each token gets.
 - ``scales`` multiplies the final weight of an expert wherever it is chosen.
 
+Routing interventions never route by themselves: a plan merges its routing values into
+one :class:`~mechmoe.core.interventions.RoutingRequest` per layer and the model
+(``Model.reroute``) hands it to :func:`reroute`, which calls :func:`route` with the
+layer's rule, selection bias and per-expert scale. Every routing decision is taken here.
+
 :func:`selection_scores` gives the scores the top-k ran on (score + selection bias, or
 the logits), which the capture records beside the logits and the weights.
 
@@ -23,7 +28,7 @@ Examples
 --------
 >>> import torch
 >>> from mechmoe.adapters.spec import RouterSpec
->>> rule = resolve_rule(RouterSpec(renormalize=True), config=None)
+>>> rule = routing_rule(RouterSpec(renormalize=True), config=None)
 >>> logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
 >>> weights, index = route(logits, rule, k=2)
 >>> index.tolist(), round(float(weights.sum()), 6)
@@ -42,8 +47,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechmoe.adapters.spec import RouterSpec, config_value
+from mechmoe.adapters.spec import AdapterSpec, RouterSpec, config_value
 from mechmoe.core.errors import InvalidInputError, SpecMismatchError
+from mechmoe.core.interventions import RoutingRequest, check_request
+from mechmoe.core.types import RouterOutput
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,11 @@ class RoutingRule:
                 f"in the best {self.topk_group} of {self.n_group} groups ({self.group_score})"
             )
         if self.renormalize:
-            parts.append("renormalised")
+            parts.append(
+                "renormalised"
+                if self.renorm_min is None
+                else f"renormalised (sum clamped at ≥ {self.renorm_min:g})"
+            )
         if self.scale is not None:
             parts.append(f"× {self.scale:g}")
         if self.apply_to == "input":
@@ -93,13 +104,21 @@ class RoutingRule:
         return ", ".join(parts)
 
 
-def resolve_rule(
-    spec: RouterSpec,
+def routing_rule(
+    spec: AdapterSpec | RouterSpec,
     config: Any,
     *,
     model_dtype: torch.dtype = torch.float32,
 ) -> RoutingRule:
-    """The :class:`RoutingRule` of ``spec`` for a model with this ``config``."""
+    """The :class:`RoutingRule` of an adapter spec's router (or of a router description)
+    for a model with this ``config`` and dtype.
+
+    A spec without an MoE block gets the default rule, which no layer uses.
+    """
+    if isinstance(spec, AdapterSpec):
+        if spec.moe is None:
+            return RoutingRule(weights_dtype=model_dtype)
+        spec = spec.moe.routing
 
     def number(keys: Any, what: str) -> float:
         return float(config_value(config, keys, what=what))
@@ -113,9 +132,14 @@ def resolve_rule(
         except SpecMismatchError:  # a family whose config has no such flag does not renormalise
             renorm = False
     n_group = topk_group = None
-    if spec.groups is not None:
-        n_group = int(config_value(config, spec.groups.n_group, what="expert group count"))
-        topk_group = int(config_value(config, spec.groups.topk_group, what="groups kept"))
+    groups = spec.groups
+    if groups is not None and groups.method is not None:
+        method = config_value(config, groups.method, what="expert selection method")
+        if method not in groups.method_is:
+            groups = None
+    if groups is not None:
+        n_group = int(config_value(config, groups.n_group, what="expert group count"))
+        topk_group = int(config_value(config, groups.topk_group, what="groups kept"))
     return RoutingRule(
         score=spec.score,
         select=spec.select,
@@ -125,7 +149,7 @@ def resolve_rule(
         scale=None if spec.scale is None else number(spec.scale, "routing scale"),
         n_group=n_group,
         topk_group=topk_group,
-        group_score=spec.groups.score if spec.groups is not None else "top2_sum",
+        group_score=groups.score if groups is not None else "top2_sum",
         apply_to=spec.apply_to,
         float32=spec.float32,
         weights_dtype=torch.float32 if spec.weights_dtype == "float32" else model_dtype,
@@ -214,6 +238,7 @@ def route(
     banned: Collection[int] = frozenset(),
     forced: Collection[int] = frozenset(),
     scales: Mapping[int, float] | None = None,
+    layer: int | None = None,
 ) -> tuple[Float[Tensor, "row k"], Int[Tensor, "row k"]]:
     """The chosen experts and their weights under ``rule``, given a routing request.
 
@@ -222,7 +247,7 @@ def route(
     logits
         The router's logits, one row per token.
     rule
-        The family's rule (:func:`resolve_rule`; a model gives its own with
+        The family's rule (:func:`routing_rule`; a model gives its own with
         ``model.routing_rule(layer)``).
     bias, expert_scale
         The router's selection bias and per-expert scale, where the rule has them
@@ -231,7 +256,9 @@ def route(
         Experts per token.
     banned, forced, scales
         The request (see the module docstring). With none, the result is the family's
-        own routing, bit for bit.
+        own routing, bit for bit. An impossible request (an expert both banned and
+        forced, more forced than ``k``, bans leaving fewer than ``k``) is refused by
+        :func:`~mechmoe.core.interventions.check_request`, naming ``layer``.
 
     Returns
     -------
@@ -240,18 +267,13 @@ def route(
     """
     E = logits.shape[-1]
     banned, forced = {int(e) for e in banned}, {int(e) for e in forced}
-    if banned or forced:
-        bad = sorted(e for e in banned | forced if not 0 <= e < E)
-        if bad:
-            raise InvalidInputError(f"expert {bad[0]} is out of range: the router has {E} experts")
-        if banned & forced:
-            raise InvalidInputError(f"expert {min(banned & forced)} is both banned and forced")
-        if len(forced) > k:
-            raise InvalidInputError(f"{len(forced)} experts forced but only {k} slots")
-        if E - len(banned) < k:
-            raise InvalidInputError(f"{len(banned)} of {E} experts banned leaves fewer than k={k}")
-    if not 1 <= k <= E:
-        raise InvalidInputError(f"k={k} is out of range: the router has {E} experts")
+    bad = sorted(e for e in banned | forced if not 0 <= e < E)
+    if bad:
+        at = "" if layer is None else f" at layer {layer}"
+        raise InvalidInputError(f"expert {bad[0]}{at} is out of range: the router has {E} experts")
+    if k < 1:
+        raise InvalidInputError(f"top-k must be at least 1, not {k}")
+    check_request(layer, RoutingRequest(banned=banned, forced=forced, k=k), n_experts=E, top_k=k)
     z = logits.float() if rule.float32 else logits
     dev = z.device
     ban = _mask(E, banned, dev) if banned else None
@@ -304,12 +326,55 @@ def route(
         weights = weights * expert_scale[index]
     if rule.weights_dtype is not None:
         weights = weights.to(rule.weights_dtype)
-    if scales:
-        factor = torch.ones(E, dtype=weights.dtype, device=weights.device)
-        for e, f in scales.items():
-            factor[int(e)] = f
-        weights = weights * factor[index]
-    return weights, index
+    return _scaled(weights, index, scales, E), index
 
 
-__all__ = ["RoutingRule", "resolve_rule", "route", "selection_scores"]
+def _scaled(weights: Tensor, index: Tensor, scales: Mapping[int, float] | None, E: int) -> Tensor:
+    """``weights`` with each scaled expert's weight multiplied where it is chosen."""
+    if not scales:
+        return weights
+    factor = torch.ones(E, dtype=weights.dtype, device=weights.device)
+    for e, f in scales.items():
+        factor[int(e)] = f
+    return weights * factor[index]
+
+
+def reroute(
+    router: RouterOutput,
+    request: RoutingRequest,
+    rule: RoutingRule,
+    *,
+    layer: int,
+    bias: Float[Tensor, " expert"] | None = None,
+    expert_scale: Float[Tensor, " expert"] | None = None,
+) -> RouterOutput:
+    """The routing of one MoE layer under a merged routing ``request``, by ``rule``.
+
+    ``router`` is what the layer's router gave for every token row (raw logits, the
+    weights and experts it chose); ``bias`` and ``expert_scale`` are the router's
+    selection bias and per-expert scale where the family has them. A request that bans,
+    forces or sets ``k`` re-derives selection and weights with :func:`route`; one that
+    only scales keeps the router's own choice and weights bit for bit and multiplies the
+    scaled experts' weights. The result keeps the raw logits. ``layer`` names the layer
+    in errors.
+    """
+    scales = dict(request.scales)
+    if not request.reroutes:
+        weights = _scaled(router.weights, router.index, scales, router.logits.shape[-1])
+        return RouterOutput(router.logits, weights, router.index)
+    k = request.k if request.k is not None else router.index.shape[-1]
+    weights, index = route(
+        router.logits,
+        rule,
+        bias=bias,
+        expert_scale=expert_scale,
+        k=k,
+        banned=request.banned,
+        forced=request.forced,
+        scales=scales,
+        layer=layer,
+    )
+    return RouterOutput(router.logits, weights.to(router.weights.dtype), index)
+
+
+__all__ = ["RoutingRule", "reroute", "route", "routing_rule", "selection_scores"]

@@ -138,6 +138,15 @@ class GroupSpec:
     n_group: ConfigKeys | int = ("n_group",)
     topk_group: ConfigKeys | int = ("topk_group",)
     score: Literal["max", "top2_sum"] = "top2_sum"
+    #: Config keys of a selection-method name and the names that mean "group-limited"
+    #: (DeepSeek-V2's ``topk_method``: ``"group_limited_greedy"``; its ``"greedy"`` is
+    #: plain top-k); ``None``: groups always apply.
+    method: ConfigKeys | None = None
+    method_is: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.method is None) != (not self.method_is):
+            raise ValueError("GroupSpec: give method= and method_is= together")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +171,12 @@ class RouterSpec:
         named selector: it cannot be stated from the other parts.
     selection_bias
         A parameter or buffer of the router module (a path relative to it) added to the
-        scores for choosing only (DeepSeek-V3's ``e_score_correction_bias``).
+        scores for choosing only (DeepSeek-V3's ``e_score_correction_bias``; ERNIE-4.5's
+        ``moe_statics.e_score_correction_bias``, stored ``(1, experts)``, is read flat).
+    params_on
+        Where ``selection_bias`` and ``expert_scale`` live: ``"router"`` (paths relative
+        to the router module) or ``"ffn"`` (relative to the FFN module: MiniMax-M2 keeps
+        its bias on the MoE block and passes it to the router as its second argument).
     groups
         Group-limited selection, or ``None``.
     renormalize, renorm_eps, renorm_min
@@ -195,6 +209,7 @@ class RouterSpec:
     score: Literal["softmax", "sigmoid"] = "softmax"
     select: Literal["score", "logits", "sparsemixer"] = "score"
     selection_bias: str | None = None
+    params_on: Literal["router", "ffn"] = "router"
     groups: GroupSpec | None = None
     renormalize: bool | ConfigKeys = ("norm_topk_prob",)
     renorm_eps: float = 0.0

@@ -21,7 +21,7 @@ from mechmoe.backends.base import (
     read_router,
     write_router,
 )
-from mechmoe.core.edits import SITES, EditContext, apply_edits
+from mechmoe.core.edits import SITES, EditContext, Site, apply_edits
 from mechmoe.core.types import Batch, RouterOutput
 
 
@@ -55,7 +55,7 @@ class NnsightBackend(Backend):
     """Captures and edits through one ``nnsight`` trace per batch."""
 
     name: ClassVar[str] = "nnsight"
-    sites: frozenset[str] = frozenset(SITES)
+    sites: frozenset[Site] = frozenset(SITES)
 
     @property
     def envoy(self) -> Any:

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from mechmoe.backends.base import Backend, RawCapture, RawLayer
-from mechmoe.core.edits import SITES, EditContext, apply_edits
+from mechmoe.core.edits import SITES, EditContext, Site, apply_edits
 from mechmoe.core.errors import InvalidInputError, InvalidTypeError, MechmoeError
 from mechmoe.core.types import Batch, ModelView, RouterOutput
 
@@ -222,10 +222,15 @@ class TransformerLensBackend(Backend):
     """
 
     name: ClassVar[str] = "transformerlens"
-    sites: frozenset[str] = frozenset(SITES)
+    sites: frozenset[Site] = frozenset(SITES)
     # whether the bridge hooks every quantity mechmoe reads depends on the family and the
     # installed TransformerLens: found out on a weightless copy, before weights are read
     checks_before_weights: ClassVar[bool] = True
+
+    @classmethod
+    def unwrap(cls, native: Any, *, tokenizer: Any = None) -> tuple[Any, Any, str]:
+        """A ``TransformerBridge``'s HF model, tokenizer and name (:func:`bridge_parts`)."""
+        return bridge_parts(native, tokenizer=tokenizer)
 
     def __init__(self, model: ModelView, native: Any = None) -> None:
         super().__init__(model, native)

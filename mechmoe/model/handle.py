@@ -17,9 +17,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from mechmoe._types import LayerKind, MixerKind
+from mechmoe._types import DEFAULT_BACKEND, LayerKind, MixerKind
 from mechmoe.adapters.registry import get_adapter
-from mechmoe.adapters.routing import RoutingRule, resolve_rule
+from mechmoe.adapters.routing import RoutingRule, reroute, routing_rule
 from mechmoe.adapters.spec import (
     AdapterSpec,
     DenseMLPSpec,
@@ -31,7 +31,9 @@ from mechmoe.adapters.spec import (
 from mechmoe.backends.base import Backend, capture, get_backend
 from mechmoe.backends.tokenize import make_batch
 from mechmoe.core.errors import InvalidInputError, SpecMismatchError
-from mechmoe.core.types import Batch, Capture, FFNWeights, ModelDims, NormParams
+from mechmoe.core.interventions import RoutingRequest
+from mechmoe.core.types import Batch, Capture, FFNWeights, ModelDims, NormParams, RouterOutput
+from mechmoe.model.options import LoadOptions
 
 
 def _resolve(root: nn.Module, path: str, *, where: str) -> Any:
@@ -73,6 +75,10 @@ class Model:
     True
     """
 
+    #: The options :func:`~mechmoe.model.load` loaded the model with (``None`` for a
+    #: handle built otherwise); recorded in results' provenance.
+    load_options: LoadOptions | None = None
+
     def __init__(
         self,
         hf: nn.Module,
@@ -81,7 +87,7 @@ class Model:
         *,
         name: str,
         revision: str | None = None,
-        backend: str = "nnsight",
+        backend: str = DEFAULT_BACKEND,
         native: Any = None,
     ) -> None:
         # resolved now, so an unknown or uninstalled backend fails before any work
@@ -109,7 +115,7 @@ class Model:
         name: str | None = None,
         spec: AdapterSpec | None = None,
         revision: str | None = None,
-        backend: str = "nnsight",
+        backend: str = DEFAULT_BACKEND,
         native: Any = None,
     ) -> Model:
         """Wrap an HF model and tokenizer the caller already built."""
@@ -149,7 +155,8 @@ class Model:
             assert moe is not None
             r = moe.routing
             paths += [moe.router, moe.experts]
-            paths += [f"{moe.router}.{a}" for a in (r.selection_bias, r.expert_scale) if a]
+            owner = moe.router if r.params_on == "router" else s.ffn
+            paths += [f"{owner}.{a}" for a in (r.selection_bias, r.expert_scale) if a]
             attrs = (moe.gate_up, moe.down, moe.act, moe.gate_up_bias, moe.down_bias)
             paths += [f"{moe.experts}.{a}" for a in attrs if a]
             if moe.shared is not None:
@@ -460,21 +467,26 @@ class Model:
         moe = self.spec.moe
         if moe is None or self.layer_kind(layer) != "moe":
             raise InvalidInputError(f"layer {layer} of {self.name} is dense: it has no router")
-        return resolve_rule(moe.routing, self.hf.config, model_dtype=self.dtype)
+        return routing_rule(self.spec, self.hf.config, model_dtype=self.dtype)
 
     def selection_bias(self, layer: int) -> Float[Tensor, " expert"] | None:
         """The bias MoE layer ``layer`` adds to its scores for choosing only, if any."""
-        moe = self.spec.moe
-        if moe is None or not moe.routing.selection_bias or self.layer_kind(layer) != "moe":
-            return None
-        return self.module(layer, f"{moe.router}.{moe.routing.selection_bias}")
+        return self._router_param(layer, "selection_bias")
 
     def expert_scale(self, layer: int) -> Float[Tensor, " expert"] | None:
         """The per-expert factor on MoE layer ``layer``'s routing weights, if any."""
+        return self._router_param(layer, "expert_scale")
+
+    def _router_param(self, layer: int, field: str) -> Tensor | None:
+        """A router parameter named by the spec, as a flat view (writes reach the model)."""
         moe = self.spec.moe
-        if moe is None or not moe.routing.expert_scale or self.layer_kind(layer) != "moe":
+        if moe is None or self.layer_kind(layer) != "moe":
             return None
-        return self.module(layer, f"{moe.router}.{moe.routing.expert_scale}")
+        attr = getattr(moe.routing, field)
+        if not attr:
+            return None
+        owner = moe.router if moe.routing.params_on == "router" else self.spec.ffn
+        return self.module(layer, f"{owner}.{attr}").view(-1)
 
     def renormalizes(self, layer: int | None = None) -> bool:
         """Whether top-k routing weights are renormalised to sum to one."""
@@ -542,6 +554,19 @@ class Model:
                     rules.append(text)
         return "; ".join(rules)
 
+    def reroute(self, layer: int, router: RouterOutput, request: RoutingRequest) -> RouterOutput:
+        """Layer ``layer``'s routing under a merged routing request, re-derived by this
+        model's own rule (:func:`mechmoe.adapters.routing.reroute`, with the layer's rule,
+        selection bias and per-expert scale from the adapter spec)."""
+        return reroute(
+            router,
+            request,
+            self.routing_rule(layer),
+            layer=layer,
+            bias=self.selection_bias(layer),
+            expert_scale=self.expert_scale(layer),
+        )
+
     # ---- running ----------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str], *, positions: Any = "last") -> Batch:
         return make_batch(self, prompts, positions=positions)
@@ -582,7 +607,7 @@ class Model:
         d = self.dims
         moe = f", experts={max(d.n_experts)}, top_k={max(d.top_k)}" if d.is_moe else ""
         rev = f"@{self.revision}" if self.revision else ""
-        be = f", backend={self.backend}" if self.backend != "nnsight" else ""
+        be = f", backend={self.backend}" if self.backend != DEFAULT_BACKEND else ""
         return (
             f"Model({self.name}{rev}, adapter={self.spec.name}, layers={d.n_layers}, "
             f"d_model={d.d_model}, heads={d.n_heads}{moe}{be})"

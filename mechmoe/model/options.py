@@ -35,6 +35,7 @@ class LoadKeywords(TypedDict, total=False):
     tokenizer: Any
     experts_implementation: str
     attn_implementation: str | None
+    trust_remote_code: bool
 
 
 def _is_tokenizer_object(value: Any) -> bool:
@@ -71,6 +72,11 @@ class LoadOptions:
         (identical results); ``"batched_mm"`` is not exact and is refused.
     attn_implementation
         How transformers runs attention (default: its own choice, usually SDPA).
+    trust_remote_code
+        Run the modeling code a hub repo or folder ships (``auto_map`` in its config) to
+        build its config, tokenizer and model. Off by default: such a model is refused
+        with a line saying so. Only for models transformers loads (not for a model
+        already built, nor one a named source builds).
 
     Examples
     --------
@@ -89,6 +95,7 @@ class LoadOptions:
     tokenizer: Any = None
     experts_implementation: str = "eager"
     attn_implementation: str | None = None
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         _check_optional_str("revision", self.revision)
@@ -123,6 +130,10 @@ class LoadOptions:
         if not isinstance(self.experts_implementation, str):
             raise InvalidTypeError("experts_implementation= takes 'eager' or 'grouped_mm'")
         _check_optional_str("attn_implementation", self.attn_implementation)
+        if not isinstance(self.trust_remote_code, bool):
+            raise InvalidTypeError(
+                f"trust_remote_code= takes True or False, got {type(self.trust_remote_code).__name__}"
+            )
 
     @classmethod
     def build(cls, options: LoadOptions | None = None, /, **keywords: Any) -> LoadOptions:

@@ -193,6 +193,109 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             lm_head_bias=True,
         ),
     ),
+    "deepseek_v2": (
+        "DeepseekV2Config",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_key_value_heads=4,
+            n_routed_experts=9,
+            n_group=3,
+            topk_group=2,
+            topk_method="group_limited_greedy",
+            routed_scaling_factor=1.7,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=12,
+        ),
+    ),
+    "glm4_moe_lite": (
+        "Glm4MoeLiteConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            num_key_value_heads=4,
+            n_routed_experts=10,
+            n_group=2,
+            topk_group=1,
+            mlp_layer_types=["dense", "sparse", "sparse"],
+            moe_intermediate_size=24,
+            n_shared_experts=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=1.8,
+            q_lora_rank=24,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=12,
+        ),
+    ),
+    "dots1": (
+        "Dots1Config",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            n_routed_experts=14,
+            n_group=7,
+            topk_group=3,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            n_shared_experts=2,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.0,
+            head_dim=16,
+            sliding_window=None,
+        ),
+    ),
+    "ernie4_5_moe": (
+        "Ernie4_5_MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            moe_num_experts=7,
+            moe_k=2,
+            moe_intermediate_size=24,
+            moe_num_shared_experts=1,
+            moe_layer_start_index=1,
+            moe_layer_end_index=3,
+            moe_layer_interval=2,
+            moe_norm_min=0.45,  # above some tokens' top-2 mass, so the clamp bites
+            head_dim=16,
+        ),
+    ),
+    "minimax_m2": (
+        "MiniMaxM2Config",
+        dict(_MOE, num_local_experts=7, num_experts_per_tok=3, head_dim=16),
+    ),
+    "hunyuan_v1_moe": (
+        "HunYuanMoEV1Config",
+        dict(_COMMON, num_experts=5, moe_topk=[2, 3], head_dim=16, use_qk_norm=True),
+    ),
+    "flex_olmo": (
+        "FlexOlmoConfig",
+        dict(_MOE, num_experts=7, num_experts_per_tok=3, norm_topk_prob=True),
+    ),
+    "afmoe": (
+        "AfmoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts=7,
+            num_experts_per_tok=3,
+            num_dense_layers=1,
+            num_shared_experts=1,
+            moe_intermediate_size=24,
+            route_scale=2.5,
+            head_dim=16,
+        ),
+    ),
     "gpt2": (
         "GPT2Config",
         dict(
@@ -210,7 +313,7 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 TINY_FAMILIES: tuple[str, ...] = tuple(_CONFIGS)
 MOE_FAMILIES: tuple[str, ...] = tuple(
-    f for f, (_, kw) in _CONFIGS.items() if "num_experts_per_tok" in kw
+    f for f, (_, kw) in _CONFIGS.items() if {"num_experts_per_tok", "moe_topk"} & set(kw)
 )
 
 
@@ -256,7 +359,7 @@ def random_weights(model: PreTrainedModel, *, seed: int = 0) -> PreTrainedModel:
     """Redraw ``model``'s weights as the tiny zoo does (in place; returned in eval mode).
 
     Weights ``N(0, 1/fan_in)``, norm scales ``1 + N(0, 0.04)``, biases ``N(0, 0.0025)``, a
-    router's selection-bias buffer ``N(0, 0.04)``; Mamba's decay and skip keep HF's init.
+    router's selection bias (buffer or parameter) ``N(0, 0.04)``; Mamba's decay and skip keep HF's init.
     Any HF model can be drawn this way, e.g. a tiny config of a family mechmoe does not
     ship, to test a spec written for it.
     """
@@ -268,6 +371,8 @@ def random_weights(model: PreTrainedModel, *, seed: int = 0) -> PreTrainedModel:
             noise = torch.randn(p.shape, generator=gen)
             if "norm" in name or "ln_" in name:
                 p.copy_(1.0 + 0.2 * noise) if name.endswith("weight") else p.copy_(0.1 * noise)
+            elif name.endswith(("correction_bias", "expert_bias")):  # a selection-bias parameter
+                p.copy_(0.2 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.05 * noise)
             elif name.endswith(("A_log", ".D")):  # Mamba's state decay and skip: keep HF's
@@ -352,7 +457,7 @@ def save_tiny(family: str, path: str | Path, *, seed: int = 0) -> Path:
 
 
 def source(family: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """The named source ``tiny:FAMILY`` (see :func:`mechmoe.model.loading.register_source`)."""
+    """The named source ``tiny:FAMILY`` (see :func:`mechmoe.model.sources.register_source`)."""
     _check_family(family)
     return tiny_hf_model(family), tiny_tokenizer()
 

@@ -46,11 +46,20 @@ NEW = (
     "granitemoeshared",
     "jamba",
     "phimoe",
+    "deepseek_v2",
+    "glm4_moe_lite",
+    "dots1",
+    "ernie4_5_moe",
+    "minimax_m2",
+    "hunyuan_v1_moe",
+    "flex_olmo",
+    "afmoe",
 )
 PROMPTS = list(DEFAULT_PROMPTS)
 TOL = 1e-5
 
-#: A family mechmoe does not ship, described in this file as a user would: DeepSeek-V2
+#: A family described in this file as a user would (before mechmoe shipped its own
+#: ``deepseek_v2`` spec, which reads the selection method from the config): DeepSeek-V2
 #: (softmax scores, group-limited greedy with the group's best score, × scale, no
 #: renormalisation, latent attention, dense first layers, shared experts).
 DEEPSEEK_V2 = AdapterSpec(
@@ -159,12 +168,25 @@ class Surgery:
                 h.remove()
         self._full: dict[tuple[int, bool], torch.Tensor] = {}
 
+    def _post_norm(self, layer: int, at_attention: bool):
+        """The norm a sub-layer's output passes before it is added (post-norm families:
+        OLMo-2's layout in FlexOlmo, AFMoE), or ``None``."""
+        return self.m.attn_out_norm(layer) if at_attention else self.m.ffn_out_norm(layer)
+
     def _run(self, layer: int, at_attention: bool) -> torch.Tensor:
         args, kwargs = self.calls[layer]
         got = {}
         handle = None
-        if at_attention:  # the residual after attention: the FFN input norm's input
-            handle = self.m.module(layer, self.m.spec.ffn_in_norm).register_forward_pre_hook(
+        spec = self.m.spec
+        post = spec.attn_out_norm if at_attention else spec.ffn_out_norm
+        if post is not None:  # the sub-layer's raw output: the post-norm's input
+            where = post
+        elif at_attention:  # the residual after attention: the FFN input norm's input
+            where = spec.ffn_in_norm
+        else:
+            where = None
+        if where is not None:
+            handle = self.m.module(layer, where).register_forward_pre_hook(
                 lambda mod, a: got.__setitem__("v", a[0])
             )
         try:
@@ -173,12 +195,15 @@ class Surgery:
         finally:
             if handle is not None:
                 handle.remove()
-        value = got["v"] if at_attention else (out[0] if isinstance(out, tuple) else out)
+        value = got["v"] if where is not None else (out[0] if isinstance(out, tuple) else out)
         return value.reshape(self.batch.size, self.batch.seq_len, -1)[self.rows, self.last]
 
     def loss(self, layer: int, tensors: list[torch.Tensor], *, at_attention: bool = False):
         """What layer ``layer``'s output (or its residual after attention) loses when the
-        given weight slices are zeroed, at each prompt's last token."""
+        given weight slices are zeroed, at each prompt's last token. Where the sub-layer's
+        output passes a norm before it is added, the loss of that raw output goes through
+        the norm frozen at the actual output's statistics (method.md, post-norm families)
+        and the residual multiplier."""
         key = (layer, at_attention)
         if key not in self._full:
             self._full[key] = self._run(layer, at_attention)
@@ -192,7 +217,22 @@ class Surgery:
             with torch.no_grad():
                 for t, s in zip(tensors, saved, strict=True):
                     t.copy_(s)
-        return self._full[key] - cut
+        delta = self._full[key] - cut
+        norm = self._post_norm(layer, at_attention)
+        if norm is None:
+            return delta
+        raw = self._full[key]
+        if norm.kind == "layernorm":
+            delta = delta - delta.mean(-1, keepdim=True)
+            sigma = torch.sqrt(
+                ((raw - raw.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True) + norm.eps
+            )
+        else:
+            sigma = torch.sqrt((raw**2).mean(-1, keepdim=True) + norm.eps)
+        delta = delta / sigma
+        if norm.weight is not None:
+            delta = delta * norm.weight.double()
+        return self.m.scale_residual(delta)
 
     def lpi(self, v: torch.Tensor, base: torch.Tensor, targets) -> np.ndarray:
         """LPI(v | base) per prompt: frozen final norm, W_U, unembedding bias, logit scale."""
@@ -304,7 +344,7 @@ def test_expert_and_head_lpi_equal_weight_surgery(family):
 
 
 # ---- the description's other parts ------------------------------------------------------------
-def test_a_user_spec_for_an_unshipped_family_passes_every_identity():
+def test_a_user_written_spec_passes_every_identity():
     model = _model("deepseek_v2_user")
     assert model.dims.layer_kinds == ("dense", "moe", "moe")
     report = check_model(model)
@@ -382,7 +422,7 @@ def test_hybrid_layers_without_heads():
 
 
 # ---- TransformerLens: where its bridge reaches the family, else refused before weights ----------
-TL_OK = ("glm4_moe", "gpt_oss")
+TL_OK = ("glm4_moe", "gpt_oss", "glm4_moe_lite")
 TL_REFUSED = {
     "deepseek_v3": "no hook on mlp.gate",
     "llama4": "returns table, logits",
@@ -390,6 +430,8 @@ TL_REFUSED = {
     "granitemoeshared": "Unsupported architecture",
     "jamba": "no hook on feed_forward.router",
     "phimoe": "Unsupported architecture",
+    "deepseek_v2": "no hook on mlp.gate",
+    "dots1": "Unsupported architecture",
 }
 
 

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from mechmoe.adapters.routing import route, selection_scores
 from mechmoe.backends.base import read_router, write_router
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.testing import tiny_model
+from mechmoe.testing import DEFAULT_PROMPTS, tiny_model
+
+PROMPTS = list(DEFAULT_PROMPTS)
 
 #: every routing rule shipped: plain softmax, biased/grouped sigmoid, select-then-score
 #: (softmax and sigmoid), SparseMixer
@@ -34,6 +36,14 @@ FAMILIES = (
     "granitemoe",
     "jamba",
     "phimoe",
+    "deepseek_v2",
+    "glm4_moe_lite",
+    "dots1",
+    "ernie4_5_moe",
+    "minimax_m2",
+    "hunyuan_v1_moe",
+    "flex_olmo",
+    "afmoe",
 )
 
 
@@ -60,10 +70,16 @@ def _logit_column(router, expert: int, value: float):
     """Run the family's own router with expert ``expert``'s logit forced to ``value``:
     every routers' logits come from ``F.linear`` on its own weight."""
     original = F.linear
+    # the router's own weight, or its linear's (HunYuan's wg, AFMoE's gate)
+    weight = (
+        next(m.weight for m in router.modules() if isinstance(m, torch.nn.Linear))
+        if not hasattr(router, "weight")
+        else router.weight
+    )
 
     def linear(x, w, b=None):
         out = original(x, w, b)
-        if w.shape == router.weight.shape and torch.equal(w, router.weight.to(w.dtype)):
+        if w.shape == weight.shape and torch.equal(w, weight.to(w.dtype)):
             out = out.clone()
             out[..., expert] = value
         return out
@@ -93,8 +109,11 @@ def _bias(model, li, expert: int, value: float):
 
 def _own(model, li, x):
     """The family's router on ``x``, read as (logits, weights, index)."""
+    router = _router(model, li)
     with torch.no_grad():
-        return read_router(model, li, _router(model, li)(x))
+        if model.spec.moe.routing.params_on == "ffn":  # the block passes its bias (3-D input)
+            return read_router(model, li, router(x[None], model.selection_bias(li)))
+        return read_router(model, li, router(x))
 
 
 def _route(model, li, logits, **request):
@@ -272,7 +291,10 @@ def _forced_by_hand(model, li, logits, forced: int):
             chosen = [forced, *order[: k - 1]]
             w = p[chosen]
             if rule.renormalize:
-                w = w / (w.sum() + rule.renorm_eps)
+                total = w.sum()
+                if rule.renorm_min is not None:  # ERNIE-4.5: the sum clamped from below
+                    total = total.clamp(min=rule.renorm_min)
+                w = w / (total + rule.renorm_eps)
             if rule.scale is not None:
                 w = w * rule.scale
         rows_w.append(w)
@@ -345,7 +367,7 @@ def test_impossible_requests_are_refused():
     logits = _own(model, li, _inputs(model, rows=4)).logits
     with pytest.raises(InvalidInputError, match="both banned and forced"):
         _route(model, li, logits, banned={1}, forced={1})
-    with pytest.raises(InvalidInputError, match="only 3 slots"):
+    with pytest.raises(InvalidInputError, match="4 experts forced but top-k is 3"):
         _route(model, li, logits, forced={0, 1, 2, 3})
     with pytest.raises(InvalidInputError, match="out of range"):
         _route(model, li, logits, banned={99})
@@ -371,3 +393,47 @@ def test_no_request_is_the_router_bit_for_bit_in_bfloat16(family):
     weights, index = _route(m16, li, own.logits)
     assert torch.equal(index, own.index) and torch.equal(weights, own.weights)
     assert weights.dtype == own.weights.dtype
+
+
+# ---- routing values in a pass: the plan's request goes through the same route() --------------
+
+
+def _pass_logits(model, interventions=None):
+    cap = model.capture(PROMPTS, interventions=interventions)
+    return cap.logits[:, 0].double()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_routing_values_in_a_pass_equal_the_hand_rerouted_model(family):
+    """BanExperts / SetTopK / ForceExperts through ``model.capture`` (merged request →
+    ``Model.reroute`` → route()) equal the whole model run with the family's own router
+    code changed by hand: the banned logit at −∞, another ``top_k``, a forced expert's
+    selection bias at +∞."""
+    from mechmoe.core.interventions import BanExperts, ForceExperts, SetTopK
+
+    model = _model(family)
+    li = _moe_layer(model)
+    router = _router(model, li)
+    base = model.capture(PROMPTS)
+    chosen = base.layers[li].expert_idx.flatten()
+    banned = int(torch.bincount(chosen, minlength=model.dims.n_experts[li]).argmax())
+    ours = _pass_logits(model, BanExperts({li: [banned]}))
+    with _logit_column(router, banned, float("-inf")), _bias(model, li, banned, float("-inf")):
+        hand = _pass_logits(model)
+    assert not torch.allclose(ours, base.logits[:, 0].double(), atol=1e-4)  # it did something
+    torch.testing.assert_close(ours, hand, atol=1e-5, rtol=0)
+    if model.spec.moe.routing.select != "sparsemixer":  # PhiMoE's top-2 is hard-coded
+        k = model.dims.top_k[li] + 1
+        ours = _pass_logits(model, SetTopK(k, layers=[li]))
+        saved, router.top_k = router.top_k, k
+        try:
+            hand = _pass_logits(model)
+        finally:
+            router.top_k = saved
+        torch.testing.assert_close(ours, hand, atol=1e-5, rtol=0)
+    if model.selection_bias(li) is not None:
+        forced = int(torch.bincount(chosen, minlength=model.dims.n_experts[li]).argmin())
+        ours = _pass_logits(model, ForceExperts({li: [forced]}))
+        with _bias(model, li, forced, float("inf")):
+            hand = _pass_logits(model)
+        torch.testing.assert_close(ours, hand, atol=1e-5, rtol=0)
