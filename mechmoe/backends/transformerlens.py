@@ -163,6 +163,10 @@ def _check_bridge(bridge: Any) -> None:
         )
 
 
+class _NeedsWeights(Exception):
+    """The bridge cannot be booted on a weightless (meta-device) copy of this family."""
+
+
 def boot_bridge(model: ModelView) -> Any:
     """A ``TransformerBridge`` around the HF model ``model`` holds (modified in place).
 
@@ -190,6 +194,10 @@ def boot_bridge(model: ModelView) -> Any:
             model_name=model.name,
         )
     except (ValueError, NotImplementedError, KeyError) as err:
+        if "meta" in str(err) and any(p.is_meta for p in hf.parameters()):
+            # the bridge needs real weights to boot this family (GPT-2's fused QKV is
+            # split at boot): a weightless check cannot tell, the real load will
+            raise _NeedsWeights from None
         first = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise MechmoeError(
             f"TransformerLens cannot bridge {model.name} ({archs[0]}): {first}; "
@@ -235,7 +243,11 @@ class TransformerLensBackend(Backend):
     def __init__(self, model: ModelView, native: Any = None) -> None:
         super().__init__(model, native)
         if native is None:
-            self.native = boot_bridge(model)
+            try:
+                self.native = boot_bridge(model)
+            except _NeedsWeights:  # a check before weights that cannot decide: loading will
+                self._layers, self._final_in, self._logits = [], "", ""
+                return
         else:
             _check_bridge(native)
             if native.original_model is not model.hf:

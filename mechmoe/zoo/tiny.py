@@ -338,6 +338,11 @@ def _config(family: str, vocab: int) -> Any:
     return getattr(tf, cls)(vocab_size=vocab, **kwargs)
 
 
+def tiny_config(family: str) -> Any:
+    """The transformers config of the tiny ``family`` (no weights are built)."""
+    return _config(family, len(tiny_tokenizer()))
+
+
 def tiny_hf_model(family: str, *, seed: int = 0) -> PreTrainedModel:
     """A tiny random-weight HF model of ``family`` in fp32 eval mode.
 
@@ -470,6 +475,7 @@ __all__ = [
     "random_weights",
     "save_tiny",
     "source",
+    "tiny_config",
     "tiny_hf_model",
     "tiny_model",
     "tiny_tokenizer",

@@ -422,7 +422,7 @@ def test_hybrid_layers_without_heads():
 
 
 # ---- TransformerLens: where its bridge reaches the family, else refused before weights ----------
-TL_OK = ("glm4_moe", "gpt_oss", "glm4_moe_lite")
+TL_OK = ("glm4_moe", "gpt_oss", "glm4_moe_lite", "minimax_m2")
 TL_REFUSED = {
     "deepseek_v3": "no hook on mlp.gate",
     "llama4": "returns table, logits",
@@ -432,6 +432,10 @@ TL_REFUSED = {
     "phimoe": "Unsupported architecture",
     "deepseek_v2": "no hook on mlp.gate",
     "dots1": "Unsupported architecture",
+    "ernie4_5_moe": "no hook on mlp.gate",
+    "hunyuan_v1_moe": "Unsupported architecture",
+    "flex_olmo": "no hook on mlp.gate",
+    "afmoe": "no hook on mlp.router",
 }
 
 
