@@ -1,14 +1,15 @@
-"""The DeepSeek router family: DeepSeek-V2/V3, GLM-4-MoE(-Lite), dots1.
+"""The DeepSeek router family: DeepSeek-V2/V3, GLM-4-MoE(-Lite), dots1, EXAONE-MoE.
 
-DeepSeek-V3's router (``DeepseekV3TopkRouter``; GLM-4-MoE's, GLM-4-MoE-Lite's and dots1's
-are the same code) scores experts with a float32 sigmoid, chooses the top-k of score +
+DeepSeek-V3's router (``DeepseekV3TopkRouter``; GLM-4-MoE's, GLM-4-MoE-Lite's, dots1's
+and EXAONE-MoE's are the same code) scores experts with a float32 sigmoid, chooses the top-k of score +
 ``e_score_correction_bias`` within the ``topk_group`` best of ``n_group`` groups (a
 group scores the sum of its two best), weighs the chosen by their unbiased scores
 (renormalised with +1e-20 where ``norm_topk_prob``), times ``routed_scaling_factor``.
 DeepSeek-V2's (``DeepseekV2TopkRouter``) takes a float32 softmax instead, with no bias
 and no renormalisation; its groups (``topk_method="group_limited_greedy"``) score their
 best expert, and ``"greedy"`` is plain top-k. Every one adds an ungated shared MLP; the
-first ``first_k_dense_replace`` layers are dense (GLM-4-MoE-Lite: ``mlp_layer_types``).
+first ``first_k_dense_replace`` layers are dense (GLM-4-MoE-Lite, EXAONE-MoE:
+``mlp_layer_types``).
 DeepSeek-V2/V3 and GLM-4-MoE-Lite use latent attention: their heads are ``v_head_dim``
 wide at the output projection.
 """
@@ -104,5 +105,18 @@ DOTS1 = AdapterSpec(
     description="dots1: DeepSeek-V3's router; shared MLP; dense first layers",
     norm=NormSpec(kind="rmsnorm", eps=("rms_norm_eps",)),
     moe=_MOE,
+    dense=DenseMLPSpec(),
+)
+
+EXAONE_MOE = AdapterSpec(
+    name="exaone_moe",
+    architectures=("ExaoneMoeForCausalLM",),
+    description="EXAONE-MoE: DeepSeek-V3's router; shared MLP; mlp_layer_types; QK-norm",
+    norm=NormSpec(kind="rmsnorm", eps=("rms_norm_eps",)),
+    moe=MoESpec(
+        routing=SIGMOID_GROUPED,
+        layers=LayerSchedule(types=("mlp_layer_types",), type_is=("sparse",)),
+        shared=_SHARED,
+    ),
     dense=DenseMLPSpec(),
 )

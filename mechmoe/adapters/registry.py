@@ -35,6 +35,7 @@ ADAPTERS: Registry[AdapterSpec] = Registry(
         "DeepseekV3ForCausalLM": "mechmoe.adapters.deepseek:DEEPSEEK_V3",
         "Dots1ForCausalLM": "mechmoe.adapters.deepseek:DOTS1",
         "Ernie4_5_MoeForCausalLM": "mechmoe.adapters.ernie:SPEC",
+        "ExaoneMoeForCausalLM": "mechmoe.adapters.deepseek:EXAONE_MOE",
         "FlexOlmoForCausalLM": "mechmoe.adapters.flex_olmo:SPEC",
         "Glm4MoeForCausalLM": "mechmoe.adapters.deepseek:GLM4_MOE",
         "Glm4MoeLiteForCausalLM": "mechmoe.adapters.deepseek:GLM4_MOE_LITE",

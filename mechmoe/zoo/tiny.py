@@ -296,6 +296,24 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             head_dim=16,
         ),
     ),
+    "exaone_moe": (
+        "ExaoneMoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_experts=12,
+            num_experts_per_tok=3,
+            n_group=3,
+            topk_group=2,
+            mlp_layer_types=["dense", "sparse", "dense", "sparse"],
+            moe_intermediate_size=24,
+            num_shared_experts=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            head_dim=16,
+            sliding_window_pattern=2,  # sliding and full attention layers alternate
+        ),
+    ),
     "gpt2": (
         "GPT2Config",
         dict(

@@ -54,6 +54,7 @@ NEW = (
     "hunyuan_v1_moe",
     "flex_olmo",
     "afmoe",
+    "exaone_moe",
 )
 PROMPTS = list(DEFAULT_PROMPTS)
 TOL = 1e-5
@@ -436,6 +437,7 @@ TL_REFUSED = {
     "hunyuan_v1_moe": "Unsupported architecture",
     "flex_olmo": "no hook on mlp.gate",
     "afmoe": "no hook on mlp.router",
+    "exaone_moe": "Unsupported architecture",
 }
 
 

@@ -44,6 +44,7 @@ FAMILIES = (
     "hunyuan_v1_moe",
     "flex_olmo",
     "afmoe",
+    "exaone_moe",
 )
 
 
