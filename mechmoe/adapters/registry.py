@@ -45,6 +45,7 @@ ADAPTERS: Registry[AdapterSpec] = Registry(
         "GraniteMoeSharedForCausalLM": "mechmoe.adapters.granite:GRANITEMOE_SHARED",
         "HunYuanMoEV1ForCausalLM": "mechmoe.adapters.hunyuan:SPEC",
         "JambaForCausalLM": "mechmoe.adapters.jamba:SPEC",
+        "Lfm2MoeForCausalLM": "mechmoe.adapters.lfm2_moe:SPEC",
         "Llama4ForCausalLM": "mechmoe.adapters.llama4:SPEC",
         "LlamaForCausalLM": "mechmoe.adapters.llama:SPEC",
         "MiniMaxM2ForCausalLM": "mechmoe.adapters.minimax:MINIMAX_M2",

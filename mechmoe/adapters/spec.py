@@ -118,11 +118,14 @@ class DenseMLPSpec:
     act: str = "mlp.act_fn"
     gate_up: str | None = None
     layout: WeightLayout = "linear"
+    #: The name of a transformers activation (``ACT2FN``) for an MLP that calls it
+    #: directly instead of holding it (LFM2-MoE's ``F.silu``); then ``act`` is not read.
+    act_name: str | None = None
 
     def paths(self) -> tuple[str, ...]:
         """Every module path this MLP reads."""
         inputs = (self.gate_up,) if self.gate_up else tuple(p for p in (self.gate, self.up) if p)
-        return (*inputs, self.down, self.act)
+        return (*inputs, self.down) + (() if self.act_name else (self.act,))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -419,6 +419,13 @@ class Model:
             project=_FusedProjection(stored, bias, transposed, moe.split == "interleaved"),
         )
 
+    def _dense_act(self, layer: int, d: DenseMLPSpec) -> Any:
+        if d.act_name is None:
+            return self.module(layer, d.act)
+        from transformers.activations import ACT2FN
+
+        return ACT2FN[d.act_name]
+
     def _dense_weights(self, layer: int, d: DenseMLPSpec) -> FFNWeights:
         down = self.module(layer, d.down)
         b_down = getattr(down, "bias", None)
@@ -433,7 +440,7 @@ class Model:
                 w_down=_linear_weight(down, d.layout)[None],
                 b_up=None if b is None else b[None, inner:],
                 b_down=None if b_down is None else b_down[None],
-                act=self.module(layer, d.act),
+                act=self._dense_act(layer, d),
                 b_gate=None if b is None else b[None, :inner],
             )
         up = self.module(layer, d.up)
@@ -446,7 +453,7 @@ class Model:
             w_down=_linear_weight(down, d.layout)[None],
             b_up=None if b_up is None else b_up[None],
             b_down=None if b_down is None else b_down[None],
-            act=self.module(layer, d.act),
+            act=self._dense_act(layer, d),
             b_gate=None if b_gate is None else b_gate[None],
         )
 

@@ -314,6 +314,20 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             sliding_window_pattern=2,  # sliding and full attention layers alternate
         ),
     ),
+    "lfm2_moe": (
+        "Lfm2MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_experts=7,
+            num_experts_per_tok=3,
+            num_dense_layers=1,
+            moe_intermediate_size=24,
+            routed_scaling_factor=1.5,
+            norm_topk_prob=True,
+            layer_types=["conv", "full_attention", "conv", "full_attention"],
+        ),
+    ),
     "gpt2": (
         "GPT2Config",
         dict(

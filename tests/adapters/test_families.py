@@ -55,6 +55,7 @@ NEW = (
     "flex_olmo",
     "afmoe",
     "exaone_moe",
+    "lfm2_moe",
 )
 PROMPTS = list(DEFAULT_PROMPTS)
 TOL = 1e-5
@@ -423,7 +424,7 @@ def test_hybrid_layers_without_heads():
 
 
 # ---- TransformerLens: where its bridge reaches the family, else refused before weights ----------
-TL_OK = ("glm4_moe", "gpt_oss", "glm4_moe_lite", "minimax_m2")
+TL_OK = ("glm4_moe", "gpt_oss", "glm4_moe_lite", "minimax_m2", "lfm2_moe")
 TL_REFUSED = {
     "deepseek_v3": "no hook on mlp.gate",
     "llama4": "returns table, logits",

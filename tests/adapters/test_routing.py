@@ -45,6 +45,7 @@ FAMILIES = (
     "flex_olmo",
     "afmoe",
     "exaone_moe",
+    "lfm2_moe",
 )
 
 
@@ -112,8 +113,12 @@ def _own(model, li, x):
     """The family's router on ``x``, read as (logits, weights, index)."""
     router = _router(model, li)
     with torch.no_grad():
-        if model.spec.moe.routing.params_on == "ffn":  # the block passes its bias (3-D input)
-            return read_router(model, li, router(x[None], model.selection_bias(li)))
+        if model.spec.moe.routing.params_on == "ffn":  # the block passes its bias
+            bias = model.selection_bias(li)
+            try:
+                return read_router(model, li, router(x, bias))
+            except ValueError:  # AFMoE's router unpacks (batch, seq, d)
+                return read_router(model, li, router(x[None], bias))
         return read_router(model, li, router(x))
 
 
