@@ -4,13 +4,17 @@
 Each sub-layer's output is multiplied by ``residual_multiplier`` before it is added to
 the residual stream, and the logits are divided by ``logits_scaling``. Granite-MoE-Shared
 adds a ``shared_mlp`` (fused ``input_linear``: gate half then up half) *beside* the MoE
-block, its output added to the block's before the multiplier.
+block, its output added to the block's before the multiplier. Granite-MoE-Hybrid
+(Granite-4) is Granite-MoE-Shared in a stack whose ``layers_block_type`` entries
+``"linear_attention"`` mix tokens with Mamba-2 (``mamba``: no heads), the others with
+attention.
 """
 
 from mechmoe.adapters.spec import (
     AdapterSpec,
     DenseMLPSpec,
     Factor,
+    LayerSchedule,
     MoESpec,
     NormSpec,
     RouterSpec,
@@ -50,6 +54,21 @@ GRANITEMOE_SHARED = AdapterSpec(
         ),
         shared_in_ffn=False,
     ),
+    residual_scale=Factor(value=("residual_multiplier",)),
+    logit_scale=Factor(value=("logits_scaling",), divide=True),
+)
+
+GRANITEMOE_HYBRID = AdapterSpec(
+    name="granitemoehybrid",
+    architectures=("GraniteMoeHybridForCausalLM",),
+    description="Granite-MoE-Hybrid (Granite-4): Granite-MoE-Shared with Mamba-2 layers",
+    norm=NormSpec(kind="rmsnorm", eps=("rms_norm_eps",)),
+    other_mixer="mamba",
+    attention_layers=LayerSchedule(
+        types=("layer_types", "layers_block_type"), type_is=("full_attention", "attention")
+    ),
+    ffn="block_sparse_moe",
+    moe=GRANITEMOE_SHARED.moe,
     residual_scale=Factor(value=("residual_multiplier",)),
     logit_scale=Factor(value=("logits_scaling",), divide=True),
 )

@@ -42,6 +42,7 @@ ADAPTERS: Registry[AdapterSpec] = Registry(
         "GPT2LMHeadModel": "mechmoe.adapters.gpt2:SPEC",
         "GptOssForCausalLM": "mechmoe.adapters.gpt_oss:SPEC",
         "GraniteMoeForCausalLM": "mechmoe.adapters.granite:GRANITEMOE",
+        "GraniteMoeHybridForCausalLM": "mechmoe.adapters.granite:GRANITEMOE_HYBRID",
         "GraniteMoeSharedForCausalLM": "mechmoe.adapters.granite:GRANITEMOE_SHARED",
         "HunYuanMoEV1ForCausalLM": "mechmoe.adapters.hunyuan:SPEC",
         "JambaForCausalLM": "mechmoe.adapters.jamba:SPEC",

@@ -328,6 +328,26 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             layer_types=["conv", "full_attention", "conv", "full_attention"],
         ),
     ),
+    "granitemoehybrid": (
+        "GraniteMoeHybridConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_local_experts=5,
+            intermediate_size=24,
+            shared_intermediate_size=20,
+            residual_multiplier=0.7,
+            embedding_multiplier=3.0,
+            logits_scaling=3.0,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            mamba_n_heads=8,
+            mamba_d_head=16,
+            mamba_d_state=8,
+            mamba_n_groups=1,
+            mamba_expand=2,
+            position_embedding_type="rope",
+        ),
+    ),
     "gpt2": (
         "GPT2Config",
         dict(

@@ -56,6 +56,7 @@ NEW = (
     "afmoe",
     "exaone_moe",
     "lfm2_moe",
+    "granitemoehybrid",
 )
 PROMPTS = list(DEFAULT_PROMPTS)
 TOL = 1e-5
@@ -439,6 +440,7 @@ TL_REFUSED = {
     "flex_olmo": "no hook on mlp.gate",
     "afmoe": "no hook on mlp.router",
     "exaone_moe": "Unsupported architecture",
+    "granitemoehybrid": "does not match this transformers version's router",
 }
 
 

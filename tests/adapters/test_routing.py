@@ -46,6 +46,7 @@ FAMILIES = (
     "afmoe",
     "exaone_moe",
     "lfm2_moe",
+    "granitemoehybrid",
 )
 
 
