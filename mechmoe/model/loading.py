@@ -24,6 +24,7 @@ from mechmoe.core.errors import (
     MechmoeError,
     ModelNotFoundError,
 )
+from mechmoe.model import gguf
 from mechmoe.model.handle import Model
 
 # ---- loading ------------------------------------------------------------------------
@@ -204,6 +205,9 @@ def load(
         if revision:
             raise InvalidInputError("revision= applies to hub names, not to a GGUF file")
         source, kwargs["gguf_file"] = str(path.parent), path.name
+        converted = gguf.lookup(path)  # the file converted once to a verified folder
+        if converted is not None:
+            source, kwargs = str(converted), {}
     elif path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{name!r} is not a model folder (no config.json in it)")
@@ -226,6 +230,7 @@ def load(
 
     config = _hf_call(AutoConfig.from_pretrained, source, name, kwargs, what="config")
     spec = get_adapter(_architecture_from_config(config))
+    own_tokenizer = tokenizer is None
     if tokenizer is None:  # before the weights: a broken tokenizer is found at once
         tok_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
         tokenizer = _hf_call(
@@ -242,6 +247,8 @@ def load(
         hf = _hf_call(
             AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights"
         )
+    if "gguf_file" in kwargs and own_tokenizer and device_map is None:
+        gguf.store(path, hf, tokenizer)  # later loads read the converted folder
     if device_map is None:
         hf.to(dev)
     return Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mechmoe.ops._lpi_kernels import (
+    KernelCounts,
     TailContext,
     UnembedStats,
     _certified_log_sum,
@@ -134,11 +135,12 @@ def test_tail_bound_needs_no_moments_on_a_flat_distribution():
     # every pair, so neither P's moments nor the exact sum are needed.
     U, W_U, c, logp, target = _data(8, c_scale=0.002)
     logp = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=1e-4, stats=stats
     )
-    assert stats == {"pairs": c.numel(), "moments": 0, "moment_dirs": 0, "fallback": 0}
+    assert (stats.pairs, stats.moments, stats.moment_dirs, stats.fallback) == (c.numel(), 0, 0, 0)
+    assert stats.p_rows == 0  # no row of P formed
     want = _reference(U, W_U, c, logp, target)
     assert ((got.double() - want).abs() <= bound.double() + ROUND).all()
     assert float(bound.max()) <= 1e-4 and (bound > 0).all()
@@ -171,16 +173,16 @@ def test_tail_bound_sums_its_head_exactly():
 @pytest.mark.parametrize("tolerance", [1e-4, 1e-6])
 def test_certified_scores_within_bound_at_both_settings(tolerance):
     U, W_U, c, logp, target = _data(2)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=tolerance, stats=stats
     )
     want = _reference(U, W_U, c, logp, target)
     assert float(bound.max()) <= tolerance
     assert ((got.double() - want).abs() <= bound.double() + ROUND).all()
-    assert stats["pairs"] == c.numel()
-    assert 0 <= stats["fallback"] <= stats["moments"] <= c.numel()
-    assert stats["fallback"] < c.numel()
+    assert stats.pairs == c.numel()
+    assert 0 <= stats.fallback <= stats.moments <= c.numel()
+    assert stats.fallback < c.numel()
     assert (bound > 0).any()
 
 
@@ -188,13 +190,13 @@ def test_adversarial_coefficients_fall_back_to_exact():
     U, W_U, c, logp, target = _data(3)
     c[:, :5] *= 200.0  # |c·P| of tens: the Taylor remainder cannot be certified
     U[5] *= 300.0  # one direction with a huge norm
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=1e-6, stats=stats
     )
     want = _reference(U, W_U, c, logp, target)
     n = c.shape[0]
-    assert stats["fallback"] >= 6 * n  # every pair of the six adversarial directions
+    assert stats.fallback >= 6 * n  # every pair of the six adversarial directions
     assert (bound[:, :6] == 0).all()  # summed exactly
     torch.testing.assert_close(got[:, :6].double(), want[:, :6], atol=2e-4, rtol=1e-5)
     slack = torch.where(bound == 0, 2e-4, ROUND).double()  # exact sums of big values: fp32
@@ -218,13 +220,13 @@ def test_blocks_of_a_layer_share_one_tail_bound(budget):
         if j == 2:
             c[:, :4] *= 200.0  # must fall back to the exact sum
         blocks.append((U, c, rows))
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got = shared_direction_blocks(
         blocks, W_U, logp, target, tolerance=1e-6, budget=budget, stats=stats
     )
     assert len(got) == len(blocks)
-    assert stats["pairs"] == sum(c.numel() for _, c, _ in blocks)
-    assert stats["fallback"] >= 4 * subsets[2].numel()
+    assert stats.pairs == sum(c.numel() for _, c, _ in blocks)
+    assert stats.fallback >= 4 * subsets[2].numel()
     for (U, c, rows), (scores, bound) in zip(blocks, got, strict=True):
         assert scores.shape == c.shape == bound.shape
         want = _reference(U, W_U, c, logp[rows], target[rows])
@@ -252,11 +254,11 @@ def test_underflowing_probabilities_are_summed_exactly():
     logits = torch.randn(logp.shape) * 3
     logits[:, 0] += 120.0  # most p below fp32's range: the moments would drop them
     logp = torch.log_softmax(logits, -1)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c * 50, logp, target, precision="certified", stats=stats
     )
-    assert stats["fallback"] == c.numel() and (bound == 0).all()
+    assert stats.fallback == c.numel() and (bound == 0).all()
     torch.testing.assert_close(
         got.double(), _reference(U, W_U, c * 50, logp, target), atol=1e-4, rtol=1e-5
     )
@@ -317,7 +319,7 @@ def test_attribute_adversarial_neuron_is_counted_and_exact():
 def test_kernels_run_on_cuda(precision):
     U, W_U, c, logp, target = _data(6)
     c[:, :3] *= 200.0  # some pairs fall back in certified mode
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U.cuda(),
         W_U.cuda(),
@@ -358,11 +360,11 @@ def test_tail_bound_keeps_full_precision_on_a_large_vocabulary():
     logits[:, :40] += 9.0  # most of the mass on 40 tokens
     logp = torch.log_softmax(logits, -1)
     target = torch.randint(0, vocab, (n,), generator=g)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=1e-6, stats=stats
     )
-    assert stats["moments"] < c.numel()  # the tail bound certified some pairs itself
+    assert stats.moments < c.numel()  # the tail bound certified some pairs itself
     want = _reference(U, W_U, c, logp, target)
     assert ((got.double() - want).abs() <= bound.double() + 3e-7).all()
 
