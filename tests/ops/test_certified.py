@@ -421,3 +421,115 @@ def test_attribute_certified_on_real_weights(smollm2):
     assert 0 < cert.attrs["n_moments"] < cert.attrs["n_pairs"]
     diff = np.abs(cert["score_per_prompt"].values - exact["score_per_prompt"].values)
     assert np.nanmax(diff) <= cert.attrs["bound"] + ROUND
+
+
+# ---- diverse prompts: unlike next-token distributions pooled by the tail bound -----------
+#: Prompts of several relations and free text (a subset of benchmarks/prompts_diverse.txt).
+DIVERSE = [
+    "The opposite of cheap is",
+    "Hangzhou is a city in the country of",
+    "The capital city of Peru is",
+    "The official currency of Armenia is the",
+    "The plural of leaf is",
+    "The first letter of the word table is",
+    "Once upon a time, in a small village by the sea, there lived a",
+    "import numpy as np; x = np.zeros((3, 3)); print(x.",
+]
+
+
+def _diverse_data(seed, n=12, k=48, d=32, vocab=6000):
+    """Prompts whose distributions peak on different tokens, at different temperatures.
+
+    The tail bound pools them, so its pooled second-moment terms mix unlike
+    distributions: the case that leaves most work to the later tiers.
+    """
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(k, d, generator=g)
+    W_U = torch.randn(vocab, d, generator=g) / d**0.5
+    logits = torch.randn(n, vocab, generator=g)
+    for b in range(n):
+        peak = torch.randperm(vocab, generator=g)[:200]
+        logits[b, peak] += 2.0 + 4.0 * b / n  # each prompt its own likely tokens
+        logits[b] *= 0.5 + 2.0 * ((b * 7) % n) / n  # flat to peaked
+    logp = torch.log_softmax(logits, -1)
+    c = torch.randn(n, k, generator=g) * torch.logspace(-2, 0, k)  # small to large
+    target = torch.randint(0, vocab, (n,), generator=g)
+    return U, W_U, c, logp, target
+
+
+@pytest.mark.parametrize("tolerance", [1e-4, 1e-6])
+def test_certified_within_bound_on_diverse_distributions(tolerance):
+    U, W_U, c, logp, target = _diverse_data(21)
+    stats = KernelCounts()
+    got, bound = shared_direction_lpi(
+        U, W_U, c, logp, target, precision="certified", tolerance=tolerance, stats=stats
+    )
+    want = _reference(U, W_U, c, logp, target)
+    err = (got.double() - want).abs()
+    assert float(bound.max()) <= tolerance
+    assert (err <= bound.double() + ROUND).all()
+    # every tier did some of the work: the tail bound, the moments, the exact sum
+    assert 0 < stats.moments < stats.pairs
+    assert 0 < stats.fallback < stats.moments
+    assert stats.p_rows >= stats.moment_dirs > 0  # P formed only for what tier 1 left
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_moment_remainders_hold_where_they_are_large(order):
+    # Both forms of the second tier (m2 with a third-order remainder, m2 and m3 with a
+    # fourth-order one), with no tolerance filter, against float64 sums.
+    from mechmoe.ops._lpi_kernels import _moment_bound, _moments
+
+    U, W_U, c, logp, _ = _diverse_data(5, n=6, k=40)
+    P = U.double() @ W_U.double().T
+    p = logp.double().exp()
+    c = c.double() * 4
+    m2, m3, p_max = _moments(P, p, order=order)
+    assert (m3 is None) == (order == 2)
+    m1 = p @ P.T
+    m0 = p.sum(-1, keepdim=True).expand_as(m2)
+    log_s, bound, todo = _moment_bound(
+        c, m0, m1, m2, m3, p_max.expand_as(m2), tolerance=float("inf")
+    )
+    want = torch.logsumexp(logp.double()[:, None, :] + c[:, :, None] * P[None], -1)
+    ok = ~todo
+    assert ok.float().mean() > 0.5
+    err = (log_s.double() - want).abs()
+    assert (err[ok] <= bound.double()[ok] * (1 + 1e-6) + 1e-7).all()
+    assert float(bound[ok].max()) > 1e-3  # the test exercises a non-trivial bound
+
+
+@pytest.mark.real_weights
+def test_certified_on_real_weights_and_diverse_prompts(smollm2):
+    # Eight prompts of unlike relations and free text, three layers of SmolLM2 (early,
+    # middle, late), scored by the kernels as attribute() would: certified vs exact.
+    from mechmoe.ops._lpi_scoring import _Readout, _shape
+
+    cap = smollm2.capture(DIVERSE)
+    ro = _Readout.of(smollm2, reference_compat=False)
+    sigma = ro.sigma(cap.final_resid[:, 0].float())
+    target = cap.logits[:, 0].argmax(-1)
+    unembed = UnembedStats.of(ro.W_U)
+    for li in (2, 15, 28):
+        lc = cap.layers[li]
+        logp = ro.base_logp(lc.resid_mid[:, 0], sigma)
+        U = _shape(ro.final, smollm2.ffn_weights(li).w_down[0].detach().T)
+        c = lc.expert_gate[:, 0, :1].float() * lc.acts[:, 0, 0].float() / sigma
+        exact, _ = shared_direction_lpi(U, ro.W_U, c, logp, target, unembed=unembed)
+        for tolerance in (1e-4, 1e-6):
+            stats = KernelCounts()
+            got, bound = shared_direction_lpi(
+                U,
+                ro.W_U,
+                c,
+                logp,
+                target,
+                precision="certified",
+                tolerance=tolerance,
+                stats=stats,
+                unembed=unembed,
+            )
+            assert float(bound.max()) <= tolerance
+            err = (got.double() - exact.double()).abs()
+            assert (err <= bound.double() + ROUND).all(), (li, tolerance)
+            assert stats.moments < stats.pairs
