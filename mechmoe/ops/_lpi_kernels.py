@@ -214,6 +214,7 @@ class UnembedStats:
         # fp32 norms, raised by far more than their rounding (≤ d·2⁻²⁴ relative): a bound.
         self.row_norm_max = float(self.W_U.float().norm(dim=1).max()) * (1 + 1e-4)
         self.budget = budget
+        self._w64: Tensor | None = None  # W_U in float64, made by weighted_sum if it fits
 
     @classmethod
     def of(cls, W_U: Tensor, *, budget: int = 4 * 2**30) -> UnembedStats:
@@ -224,11 +225,18 @@ class UnembedStats:
 
         Every direction's first moment ``u · (W_Uᵀ p)`` is read from it, with cancellation
         over ``d``; an fp32 accumulation over thousands of tokens was measured 4e-5 off
-        (SmolLM2), far above a 1e-6 tolerance. ``W_U`` is converted 4,096 rows at a time
-        (as fast here as a float64 copy kept for the call, and no such copy in memory).
+        (SmolLM2), far above a 1e-6 tolerance. A float64 copy of ``W_U`` is kept for the
+        call when it takes at most a quarter of the memory budget, else ``W_U`` is
+        converted 4,096 rows at a time.
         """
         W = self.W_U.float()
         vocab, d = W.shape
+        if self._w64 is None and 8 * vocab * d <= self.budget // 4:
+            # Kept for the call when it fits a quarter of the budget: with few prompts
+            # the conversion, not the product, is the cost (30 layers convert W_U 30 times).
+            self._w64 = W.double()
+        if self._w64 is not None:
+            return p.double() @ self._w64
         out = torch.zeros((p.shape[0], d), dtype=torch.float64, device=p.device)
         step = max(1, min(vocab, 4096, self.budget // (32 * d)))
         for v0 in range(0, vocab, step):
