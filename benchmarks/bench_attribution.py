@@ -104,6 +104,7 @@ def worker(spec: dict) -> dict:
     prompts = prompts_for(spec["prompts"], spec.get("set", "relation"))
     out: dict = {"load_s": load_s}
     t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
     if spec["mode"] == "baseline":
         from _notebook_baseline import notebook_scores
 
@@ -142,10 +143,16 @@ def worker(spec: dict) -> dict:
         if counted:  # the kernels' own record: rows of P formed, exps evaluated
             out.update(p_rows=counted[-1].p_rows, exps=counted[-1].exps)
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = _cpu_seconds() - cpu0  # all threads: robust to other jobs' load
     out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if spec.get("rows"):
         np.save(spec["rows"], np.asarray(rows, dtype=np.float32))
     return out
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def phase(
@@ -290,6 +297,12 @@ def bench(name: str, workload: str, n_prompts: int, n_baseline: int, tmp: Path, 
         "exact_share_of_ideal": ideal_exact / exact["seconds"],
         "exact_vs_baseline_max_diff": float(np.nanmax(np.abs(rows_base - rows_exact[:n_baseline]))),
         "load_s": exact["load_s"],
+        "baseline_cpu_s_per_prompt": base.get("cpu_seconds", float("nan")) / n_baseline,
+        "exact_cpu_s": exact.get("cpu_seconds"),
+        "exact_cpu_speedup": base.get("cpu_seconds", float("nan"))
+        / n_baseline
+        * n_prompts
+        / exact.get("cpu_seconds", float("nan")),
         "exact_p_rows": exact.get("p_rows"),
         "exact_exps": exact.get("exps"),
     }
@@ -307,6 +320,11 @@ def bench(name: str, workload: str, n_prompts: int, n_baseline: int, tmp: Path, 
                 f"{key}_moments": r["n_moments"],
                 f"{key}_moment_dirs": r["n_moment_dirs"],
                 f"{key}_fallback": r["n_fallback"],
+                f"{key}_cpu_s": r.get("cpu_seconds"),
+                f"{key}_cpu_speedup": base.get("cpu_seconds", float("nan"))
+                / n_baseline
+                * n_prompts
+                / r.get("cpu_seconds", float("nan")),
                 f"{key}_p_rows": r.get("p_rows"),
                 f"{key}_exps": r.get("exps"),
                 # the second tier's P forming, its dominant cost

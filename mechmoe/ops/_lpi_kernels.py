@@ -186,11 +186,6 @@ class KernelCounts:
     p_rows: int = 0
     exps: int = 0
 
-    def add(self, other: KernelCounts) -> None:
-        """Add ``other``'s counts to these."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
     def attrs(self) -> dict[str, int]:
         """The counts as a result's attributes (names kept from the first release)."""
         return {
