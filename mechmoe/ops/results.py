@@ -55,7 +55,11 @@ class TopItem:
     tokens: tuple[str, ...] = ()
 
 
-def _label(level: str, layer: int, expert: Any, neuron: Any, head: Any, *, dense: bool) -> str:
+def _label(
+    level: str, layer: int, expert: Any, neuron: Any, head: Any, *, dense: bool, sublayer: Any
+) -> str:
+    if level == "layer":  # both sub-layers ranked together: L3 attn, L1 ffn
+        return f"L{layer} {sublayer}"
     if level == "neuron":
         return f"L{layer} N{neuron}" if dense else f"L{layer} E{expert} N{neuron}"
     if level == "expert":
@@ -63,6 +67,11 @@ def _label(level: str, layer: int, expert: Any, neuron: Any, head: Any, *, dense
     if level == "head":
         return f"L{layer} H{head}"
     return f"L{layer} {level}"
+
+
+def _coord(value: Any) -> Any:
+    # indices are ints; the sublayer of level="layer" is a name
+    return int(value) if isinstance(value, (int, np.integer)) else str(value)
 
 
 def _candidates(ds: xr.Dataset) -> list[tuple[float, dict[str, Any]]]:
@@ -73,7 +82,7 @@ def _candidates(ds: xr.Dataset) -> list[tuple[float, dict[str, Any]]]:
     coords = [ds[dim].values for dim in score.dims]  # once: not per item (46k for SmolLM2)
     for flat in np.flatnonzero(np.isfinite(values)):
         pos = np.unravel_index(flat, values.shape)
-        item = {dim: int(c[i]) for dim, c, i in zip(score.dims, coords, pos, strict=True)}
+        item = {dim: _coord(c[i]) for dim, c, i in zip(score.dims, coords, pos, strict=True)}
         out.append((float(values[pos]), item))
     if "shared_score" in ds:
         sh = ds["shared_score"]
@@ -129,7 +138,15 @@ def top_items(
             tokens = tuple(
                 promoted_tokens(model, layer, expert, item["neuron"], k=n_tokens, sign=sign)  # type: ignore[arg-type]
             )
-        label = _label(level, layer, expert, item.get("neuron"), item.get("head"), dense=dense)  # type: ignore[arg-type]
+        label = _label(
+            level,
+            layer,  # type: ignore[arg-type]
+            expert,
+            item.get("neuron"),
+            item.get("head"),
+            dense=dense,
+            sublayer=item.get("sublayer"),
+        )
         if expert == "shared":
             label = f"L{layer} shared" + (f" N{item['neuron']}" if "neuron" in item else "")
         out.append(
