@@ -426,6 +426,7 @@ def fixed_cost(
     compare: Path | None,
     repeats: int,
     models: tuple[str, ...] = ("smollm2", "tiny:olmoe"),
+    precisions: tuple[str, ...] = ("exact", "certified"),
 ) -> list[dict]:
     """One prompt, second use: the whole command and its steps, this tree and ``compare``."""
     prompt = "The capital of France is"
@@ -436,7 +437,7 @@ def fixed_cost(
         trees.insert(0, ("before", str(compare)))
     out = []
     for model in models:
-        for precision in ("exact", "certified"):
+        for precision in precisions:
             rows = {label: {"total": [], "steps": []} for label, _ in trees}
             for label, path in trees:  # first use of each tree's caches, not timed
                 env = {**os.environ, "MECHMOE_CACHE": str(tmp / f"cache-fixed-{label}")}
@@ -517,7 +518,8 @@ def table(results: list[dict]) -> str:
             f"| {w} | exact | {r['exact_s']:.1f} | **{r['exact_speedup']:.1f}×** | "
             f"{100 * r['exact_share_of_ideal']:.0f}% of GEMM+exp ideal ({r['exact_ideal_s']:.1f} s, "
             f"{r['kernel']} exp) | "
-            f"{r['exact_rss'] / gb:.2f} | max \\|Δ\\| vs baseline {r['exact_vs_baseline_max_diff']:.1e} |"
+            f"{r['exact_rss'] / gb:.2f} | max \\|Δ\\| vs baseline {r['exact_vs_baseline_max_diff']:.1e}; "
+            f"CPU-time speedup {r['exact_cpu_speedup']:.1f}× |"
         )
         for tol in ("0.0001", "1e-06"):
             k = f"certified_{tol}"
@@ -528,7 +530,8 @@ def table(results: list[dict]) -> str:
                 f"{r[k + '_rss'] / gb:.2f} | bound {r[k + '_bound']:.1e}, max \\|Δ\\| vs exact "
                 f"{r[k + '_max_err_vs_exact']:.1e}; of {r[k + '_pairs']:,} pairs "
                 f"{r[k + '_moments']:,} to tier 2 ({r[k + '_moment_dirs']:,} neurons' P), "
-                f"{r[k + '_fallback']:,} summed exactly |"
+                f"{r[k + '_fallback']:,} summed exactly; CPU-time speedup "
+                f"{r[k + '_cpu_speedup']:.1f}× |"
             )
     return "\n".join(lines)
 
@@ -546,6 +549,7 @@ def main() -> None:
     ap.add_argument("--compare", type=Path, default=None, help="another source tree (before)")
     ap.add_argument("--repeats", type=int, default=2, help="fixed-cost repetitions (medians)")
     ap.add_argument("--fixed-models", type=str, default="smollm2,tiny:olmoe")
+    ap.add_argument("--fixed-precisions", type=str, default="exact,certified")
     ap.add_argument(
         "--scaling",
         type=str,
@@ -575,37 +579,35 @@ def main() -> None:
     cli: list[dict] = []
     fixed: list[dict] = []
     scale: list[dict] = []
+
+    def dump() -> None:  # after every section: a run cut short keeps what it measured
+        info["loadavg_end"] = os.getloadavg()
+        if args.json:
+            data = {"info": info, "results": results, "cli": cli, "fixed_cost": fixed}
+            args.json.write_text(json.dumps({**data, "scaling": scale}, indent=2))
+
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         if args.fixed_cost:
             models = tuple(x for x in args.fixed_models.split(",") if x)
-            fixed = fixed_cost(tmp, args.compare, args.repeats, models)
-        for w in workloads.get(args.workload, []):
-            for which in sets:
+            precisions = tuple(x for x in args.fixed_precisions.split(",") if x)
+            fixed = fixed_cost(tmp, args.compare, args.repeats, models, precisions)
+            dump()
+        for which in sets:  # every workload on the first set (the goals' set) first
+            for w in workloads.get(args.workload, []):
                 results.append(bench(names[w], w, args.prompts, args.baseline_prompts, tmp, which))
                 print(table(results[-1:]), flush=True)
-            if args.cli:
-                cli.append(cli_bench(w, "diverse", args.prompts, tmp))
+                dump()
+        for w in workloads.get(args.workload, []) if args.cli else []:
+            cli.append(cli_bench(w, "diverse", args.prompts, tmp))
+            dump()
         if args.scaling:
             scale = scaling(tmp, tuple(int(x) for x in args.scaling.split(",")))
             for r in scale:
                 print(r, flush=True)
-    info["loadavg_end"] = os.getloadavg()
+            dump()
     print(table(results))
     print(json.dumps(info))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "info": info,
-                    "results": results,
-                    "cli": cli,
-                    "fixed_cost": fixed,
-                    "scaling": scale,
-                },
-                indent=2,
-            )
-        )
 
 
 def _cpu_name() -> str:

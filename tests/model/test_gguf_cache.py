@@ -45,7 +45,10 @@ def write_tiny_gguf(path, *, seed: int = 0, layers: int = 2, d: int = 64, ffn: i
 
     rng = np.random.default_rng(seed)
     merges = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "o n", "e r", "Ġ c"]
+    # "<|endoftext|>" is in the vocabulary, as in real byte-level BPE ones (SmolLM2's id 0):
+    # transformers' GGUF tokenizer adds it otherwise, one past the embedding
     tokens = ["<unk>", "<s>", "</s>", *_byte_symbols(), *(m.replace(" ", "") for m in merges)]
+    tokens.append("<|endoftext|>")
     heads, kv = 4, 2
     w = GGUFWriter(str(path), "llama")
     w.add_block_count(layers)
@@ -61,7 +64,7 @@ def write_tiny_gguf(path, *, seed: int = 0, layers: int = 2, d: int = 64, ffn: i
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
-    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 4) + [3])
     w.add_token_merges(merges)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
