@@ -338,6 +338,12 @@ def bench(name: str, workload: str, n_prompts: int, n_baseline: int, tmp: Path, 
 
 
 # ---- the command line, end to end ---------------------------------------------------------
+#: Working directory of the timed commands: one holding no ``mechmoe`` package, so the
+#: tree named by ``PYTHONPATH`` (or the installed one) is the one imported — ``-m`` and
+#: ``-c`` put the working directory ahead of ``PYTHONPATH``.
+_NEUTRAL = tempfile.gettempdir()
+
+
 def _mechmoe(args: list[str], env: dict, *, pythonpath: str | None = None) -> dict:
     """``python -m mechmoe ARGS`` in a fresh process: wall time and its own peak RSS."""
     env = dict(env)
@@ -350,6 +356,7 @@ def _mechmoe(args: list[str], env: dict, *, pythonpath: str | None = None) -> di
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=env,
+            cwd=_NEUTRAL,  # `-m` puts the working directory first on sys.path
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
@@ -417,6 +424,7 @@ t0 = time.perf_counter()
 ds = attribute(model, prompt, level="neuron", precision=spec["precision"])
 t["engine"] = time.perf_counter() - t0
 t0 = time.perf_counter(); top_items(ds, 20, model=model); t["table"] = time.perf_counter() - t0
+t["tree"] = mechmoe.__file__
 print(json.dumps(t))
 """
 
@@ -456,13 +464,19 @@ def fixed_cost(
                         capture_output=True,
                         text=True,
                         env=env2,
+                        cwd=_NEUTRAL,
+                        check=False,
                     )
                     if res.returncode:
                         raise RuntimeError(f"steps of {model} failed:\n{res.stderr[-3000:]}")
                     rows[label]["steps"].append(json.loads(res.stdout.strip().splitlines()[-1]))
             for label, r in rows.items():
                 totals = [x["seconds"] for x in r["total"]]
-                steps = {k: float(np.median([s[k] for s in r["steps"]])) for k in r["steps"][0]}
+                steps = {
+                    k: float(np.median([s[k] for s in r["steps"]]))
+                    for k in r["steps"][0]
+                    if k != "tree"
+                }
                 out.append(
                     {
                         "model": model,
@@ -471,6 +485,7 @@ def fixed_cost(
                         "total_s": float(np.median(totals)),
                         "totals": totals,
                         "steps": steps,
+                        "tree_imported": r["steps"][0]["tree"],
                         "loadavg": [x["loadavg"] for x in r["total"]],
                     }
                 )
