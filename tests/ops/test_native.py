@@ -162,12 +162,20 @@ def test_pair_sums_match_float64(native):
 
 
 # ---- the cached library is verified before it is loaded -----------------------------------
+def _replace(path, data: bytes) -> None:
+    # A new file under the same name: this test process has the old one mapped (the
+    # fixture loaded it), and truncating a mapped file in place kills the mapper with
+    # SIGBUS when it next touches a page, here at interpreter exit.
+    path.unlink()
+    path.write_bytes(data)
+
+
 def _truncate_to_1000(path):
-    path.write_bytes(path.read_bytes()[:1000])
+    _replace(path, path.read_bytes()[:1000])
 
 
 def _garbage(path):
-    path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+    _replace(path, np.random.default_rng(0).bytes(path.stat().st_size))
 
 
 def _delete(path):
