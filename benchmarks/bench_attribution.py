@@ -188,6 +188,7 @@ def phase(
         f" (load average {os.getloadavg()[0]:.1f})",
         flush=True,
     )
+    print(f"    {json.dumps(out)}", flush=True)  # all of it: a run cut short keeps it
     return out
 
 

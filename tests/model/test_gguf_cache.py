@@ -187,13 +187,21 @@ def test_the_entry_is_keyed_by_the_files_content(cache, tmp_path, tiny_gguf):
     )
 
 
+def _replace(path, data: bytes) -> None:
+    # A new file under the same name, never the old one rewritten in place: a process
+    # that has a file mapped (safetensors maps weights) dies with SIGBUS on touching a
+    # truncated page.
+    path.unlink()
+    path.write_bytes(data)
+
+
 def _truncate(path):
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    _replace(path, data[: len(data) // 2])
 
 
 def _garbage(path):
-    path.write_bytes(os.urandom(path.stat().st_size))
+    _replace(path, os.urandom(path.stat().st_size))
 
 
 def _delete(path):

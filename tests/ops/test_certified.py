@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from mechmoe.ops._lpi_bounds import certified_log_sum, tail_bound_log_sum
 from mechmoe.ops._lpi_kernels import (
     KernelCounts,
     TailContext,
     UnembedStats,
-    _certified_log_sum,
-    _tail_bound_log_sum,
     shared_direction_blocks,
     shared_direction_lpi,
 )
@@ -58,7 +57,7 @@ def test_moment_bound_holds_where_it_is_large(c_scale):
     # is far above rounding (large coefficients), so a wrong bound cannot pass.
     U, W_U, c, logp, _ = _data(1, c_scale=c_scale)
     U, W_U, c, logp = U.double(), W_U.double(), c.double(), logp.double()
-    log_s, bound, todo = _certified_log_sum(
+    log_s, bound, todo = certified_log_sum(
         U, W_U, c, logp.exp(), tolerance=float("inf"), budget=2**26
     )
     want = _log_s_reference(U, W_U, c, logp)
@@ -83,7 +82,7 @@ def test_tail_bound_holds_where_it_is_large(c_scale, flat):
     U, W_U, c, logp, _ = _data(7, c_scale=c_scale)
     if flat:  # a near-uniform base distribution, like a random model's
         logp = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
-    log_s, bound, todo = _tail_bound_log_sum(
+    log_s, bound, todo = tail_bound_log_sum(
         U,
         W_U,
         c,
@@ -111,7 +110,7 @@ def test_tail_bound_holds_for_every_grouping(group, top, mid):
     ctx = TailContext(logp.exp(), W_U, group=group, top=top, mid=mid)
     assert len(ctx.heads) == -(-7 // group)
     sub = torch.tensor([0, 2, 3, 6])
-    log_s, bound, todo = _tail_bound_log_sum(
+    log_s, bound, todo = tail_bound_log_sum(
         U,
         W_U,
         c[sub],
@@ -154,7 +153,7 @@ def test_tail_bound_sums_its_head_exactly():
     flat = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
     bounds = []
     for lp in (peaked, flat):
-        log_s, bound, todo = _tail_bound_log_sum(
+        log_s, bound, todo = tail_bound_log_sum(
             U,
             W_U,
             c,
@@ -478,17 +477,17 @@ def test_certified_within_bound_on_diverse_distributions(tolerance):
 def test_moment_remainders_hold_where_they_are_large(order):
     # Both forms of the second tier (m2 with a third-order remainder, m2 and m3 with a
     # fourth-order one), with no tolerance filter, against float64 sums.
-    from mechmoe.ops._lpi_kernels import _moment_bound, _moments
+    from mechmoe.ops._lpi_bounds import moment_bound, moments
 
     U, W_U, c, logp, _ = _diverse_data(5, n=6, k=40)
     P = U.double() @ W_U.double().T
     p = logp.double().exp()
     c = c.double() * 4
-    m2, m3, p_max = _moments(P, p, order=order)
+    m2, m3, p_max = moments(P, p, order=order)
     assert (m3 is None) == (order == 2)
     m1 = p @ P.T
     m0 = p.sum(-1, keepdim=True).expand_as(m2)
-    log_s, bound, todo = _moment_bound(
+    log_s, bound, todo = moment_bound(
         c, m0, m1, m2, m3, p_max.expand_as(m2), tolerance=float("inf")
     )
     want = torch.logsumexp(logp.double()[:, None, :] + c[:, :, None] * P[None], -1)
