@@ -117,7 +117,10 @@ def worker(spec: dict) -> dict:
         if hasattr(_lpi_scoring, "KernelCounts"):
 
             class Counted(_lpi_scoring.KernelCounts):  # the scorer's counts, kept here
-                def __post_init__(self) -> None:
+                # (not __post_init__: a dataclass's __init__ calls it only where the
+                # decorated class itself defines it)
+                def __init__(self, *args, **kwargs) -> None:
+                    super().__init__(*args, **kwargs)
                     counted.append(self)
 
             _lpi_scoring.KernelCounts = Counted
