@@ -123,9 +123,7 @@ def trajectory(
         )
     prepare_output(out, kind=KIND, overwrite=overwrite, append=True)
     if export_nc is not None:
-        prepare_output(export_nc, kind=KIND, overwrite=overwrite)
-        if export_nc.suffix.lower() != ".nc":
-            raise InvalidInputError(f"--export-nc {str(export_nc)!r} must end in .nc")
+        _check_export(export_nc, out, overwrite)
     names = _measure_names(measures)
     probe_set = _probe(probe, probe_items)
     if checkpoints is not None:
@@ -155,6 +153,27 @@ def trajectory(
         console.print(f"exported to {path}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _check_export(export_nc: Path, out: Path, overwrite: bool) -> None:
+    """--export-nc names a new .nc file (or, with --overwrite, an earlier export)."""
+    from mechmoe.core.errors import InvalidInputError
+    from mechmoe.core.writer import prepare_output, recognize
+    from mechmoe.trajectory.store import KIND
+
+    if export_nc.expanduser().absolute() == out.expanduser().absolute():
+        raise InvalidInputError(
+            f"--export-nc {str(export_nc)!r} is the store itself (--out); name a netCDF file "
+            f"next to it, e.g. --export-nc {out.with_suffix('.nc')}"
+        )
+    if export_nc.suffix.lower() != ".nc":
+        raise InvalidInputError(f"--export-nc {str(export_nc)!r} must end in .nc")
+    if not overwrite and export_nc.is_file() and recognize(export_nc) == KIND:
+        raise InvalidInputError(
+            f"--export-nc {str(export_nc)!r} holds an earlier export; delete it or name "
+            "another file (--overwrite would also start the store over)"
+        )
+    prepare_output(export_nc, kind=KIND, overwrite=overwrite)
 
 
 def _measure_names(text: str) -> list[str]:

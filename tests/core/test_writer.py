@@ -26,6 +26,7 @@ import xarray as xr
 from mechmoe.core import writer
 from mechmoe.core.errors import InvalidInputError, OutputError
 from mechmoe.core.writer import (
+    LOG_NAME,
     MARKER_KEY,
     MARKER_NAME,
     clean_stale,
@@ -237,7 +238,8 @@ def test_children_are_added_atomically(tmp_path):
             _ds(2).to_zarr(tmp, mode="w")
             raise RuntimeError("killed")
     store = tmp_path / "store"
-    assert _listing(store) == [MARKER_NAME, "step1", "step2"]
+    # the marker, and the log of what mechmoe added (so --overwrite keeps the rest)
+    assert _listing(store) == [LOG_NAME, MARKER_NAME, "step1", "step2"]
     assert _listing(store / "step1") == ["stats.zarr"]
     assert _listing(store / "step2") == []  # the failed child left nothing, not even a temp
     assert not (tmp_path / "store" / "step2" / "stats.zarr").exists()

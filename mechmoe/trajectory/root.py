@@ -1,0 +1,471 @@
+"""The root of a trajectory store: one zarr v3 group that plain xarray opens.
+
+A store's source of truth is its per-checkpoint parts (:mod:`mechmoe.trajectory.store`),
+each renamed into place whole. After every part lands, the store brings its *root* up to
+date: the folder ``run.zarr`` itself is a zarr v3 group holding the Dataset
+:func:`~mechmoe.trajectory.store.open_store` returns (every variable along ``step``, one
+chunk per step, zstd and CRC-32C like the parts; the ``step`` coords; the store's attrs;
+consolidated metadata), so ``xarray.open_zarr("run.zarr")`` and any zarr reader see the
+same data. The parts' folders (``checkpoints/`` and the rest) are not zarr nodes and are
+ignored by such readers.
+
+Updating is incremental: a checkpoint that lands after the last one is written in place;
+one that lands between earlier ones shifts the later steps' chunk files (renames, no data
+rewritten); a measure's data at a step is written at its position. Anything that changes
+the layout (a variable appears, an integer variable gains or loses a missing step and so
+its NaN-able dtype, a coordinate changes, a step is removed) rewrites the root from the
+parts. ``root.json`` records what the root holds; it says ``"updating"`` while the root is
+changed, so an update cut short (a crash, ``SIGKILL``) is redone from the parts by the
+next writer. A reader that opens the root while a sweep updates it may see it mid-change;
+:func:`~mechmoe.trajectory.store.open_store` reads the parts and never does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mechmoe._types import STEP
+from mechmoe.core.writer import Output, checksummed_zarr_encoding
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+#: Bookkeeping of the root (what it holds), next to ``config.json``.
+STATE = "root.json"
+#: Coordinates along ``step`` (rewritten whole at every update: they are small).
+STEP_COORDS = (STEP, "tokens", "revision", "weights_hash")
+#: Layout version of ``root.json``.
+_VERSION = 1
+
+
+@dataclass
+class RootPlan:
+    """What the root must hold, as the store computes it from its parts.
+
+    ``sources[step][measure]`` is the ``NAME.zarr`` folder of that measure at that step
+    (every listed step has at least one); ``coords`` the values of ``tokens``,
+    ``revision`` and ``weights_hash`` per step; ``attrs`` the Dataset's attrs;
+    ``assemble`` returns the whole Dataset (lazily, from the parts) for a rewrite.
+    """
+
+    steps: list[int]
+    sources: dict[int, dict[str, Path]]
+    coords: dict[str, list[Any]]
+    attrs: dict[str, Any]
+    assemble: Callable[[], xr.Dataset]
+    tokens: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+class _Rewrite(Exception):
+    """The layout changes: rewrite the root from the parts."""
+
+
+# ---- reading zarr v3 metadata straight from the files --------------------------------
+def _meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+
+
+def _dtype_text(meta: Mapping[str, Any]) -> str:
+    return json.dumps(meta.get("data_type"), sort_keys=True)
+
+
+def _describe(source: Path) -> dict[str, Any]:
+    """A measure's part: its attrs; every array's dims, shape, dtype, attrs and role.
+
+    Coordinates also get a signature of their values (sizes and checksums of their chunk
+    files), so a part whose coordinates differ from the root's is noticed.
+    """
+    from mechmoe.core.writer import file_checksum
+
+    group = _meta(source)
+    arrays: dict[str, dict[str, Any]] = {}
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        meta = _meta(Path(entry.path))
+        arrays[entry.name] = {
+            "dims": list(meta.get("dimension_names") or []),
+            "shape": list(meta["shape"]),
+            "dtype": _dtype_text(meta),
+            "attrs": dict(meta.get("attributes") or {}),
+        }
+    listed: set[str] = set()
+    for info in arrays.values():
+        listed |= set(str(info["attrs"].get("coordinates", "")).split())
+    for name, info in arrays.items():
+        info["data"] = name not in listed and info["dims"] != [name]
+        if not info["data"]:
+            folder = source / name
+            info["sig"] = json.dumps(
+                [
+                    info["dims"],
+                    info["shape"],
+                    info["dtype"],
+                    sorted(
+                        (p.relative_to(folder).as_posix(), p.stat().st_size, file_checksum(p))
+                        for p in folder.rglob("*")
+                        if p.is_file() and p.name != "zarr.json"
+                    ),
+                ]
+            )
+    return {"attrs": dict(group.get("attributes") or {}), "arrays": arrays}
+
+
+def _promotes(dtype_text: str) -> bool:
+    """Whether a variable of this (part) dtype changes dtype when a step lacks it (int → float)."""
+    import numpy as np
+
+    value = json.loads(dtype_text)
+    if not isinstance(value, str):
+        return True  # strings and other structured types: NaN makes them objects
+    try:
+        return np.dtype(value).kind not in "fc"
+    except TypeError:
+        return True
+
+
+# ---- the update ----------------------------------------------------------------------
+def _load_state(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("version") != _VERSION:
+        return None
+    return state
+
+
+def _save_state(out: Output, state: dict[str, Any]) -> None:
+    with out.child(STATE) as tmp:
+        tmp.write_text(json.dumps({**state, "version": _VERSION}, sort_keys=True) + "\n")
+
+
+def _root_names(path: Path, state: Mapping[str, Any] | None, reserved: frozenset[str]) -> set[str]:
+    """The root's zarr arrays: those on record and any top-level zarr array found."""
+    names = set(state.get("vars", {})) | set(state.get("coords", [])) if state else set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            if entry.name.startswith(".") or entry.name in reserved or not entry.is_dir():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                if _meta(Path(entry.path)).get("node_type") == "array":
+                    names.add(entry.name)
+    return names - reserved
+
+
+def _remove_tree(path: Path) -> None:
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        away = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        os.rename(path, away)
+        shutil.rmtree(away, ignore_errors=True)
+    else:
+        path.unlink()
+
+
+def reset(path: Path, reserved: frozenset[str]) -> None:
+    """Remove the root (its group metadata and arrays); the parts are not touched."""
+    for name in _root_names(path, _load_state(path), reserved):
+        _remove_tree(path / name)
+    with contextlib.suppress(FileNotFoundError):
+        (path / "zarr.json").unlink()
+
+
+def _intact(path: Path, state: Mapping[str, Any]) -> bool:
+    """Every file the root should have is there (a quick check, no data read)."""
+    if not (path / "zarr.json").is_file():
+        return False
+    n = len(state.get("steps", []))
+    for name, info in state.get("vars", {}).items():
+        if not (path / name / "zarr.json").is_file():
+            return False
+        measure = info["measure"]
+        for i, step in enumerate(state["steps"]):
+            if measure in state["sources"].get(str(step), {}) and not os.path.lexists(
+                path / name / "c" / str(i)
+            ):
+                return False
+        if n and os.path.lexists(path / name / "c" / str(n)):
+            return False
+    return all((path / c / "zarr.json").is_file() for c in state.get("coords", []))
+
+
+def sync(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) -> None:
+    """Bring the root of the store at ``path`` up to ``plan`` (see the module doc)."""
+    state = _load_state(path)
+    if not plan.steps:
+        if state is not None or (path / "zarr.json").exists():
+            reset(path, reserved)
+            _save_state(out, {"state": "clean", "steps": []})
+        return
+    outline = {
+        "steps": list(plan.steps),
+        "sources": _sources_text(plan),
+        "attrs": json.loads(json.dumps(plan.attrs)),
+        "coords_values": json.loads(json.dumps(plan.coords)),
+    }
+    usable = (
+        state is not None
+        and state.get("state") == "clean"
+        and "vars" in state
+        and _intact(path, state)
+    )
+    if usable and state is not None and all(state.get(k) == v for k, v in outline.items()):
+        return
+    if state is not None or (path / "zarr.json").exists():
+        _save_state(out, {**(state or {}), "state": "updating"})
+    try:
+        if not usable or state is None:
+            raise _Rewrite
+        new_state = _update(path, plan, state)
+    except _Rewrite:
+        new_state = _rewrite(path, plan, out, reserved)
+    _finish(path, plan, out)
+    _save_state(out, {**new_state, **outline, "state": "clean"})
+
+
+def _sources_text(plan: RootPlan) -> dict[str, dict[str, str]]:
+    """Each (step, measure) source named by its part folder and that part's record checksum."""
+    return {
+        str(step): {
+            m: plan.tokens.get(step, {}).get(m, str(src))
+            for m, src in sorted(plan.sources[step].items())
+        }
+        for step in plan.steps
+    }
+
+
+def _combine(into: dict[str, Any], dropped: list[str], attrs: Mapping[str, Any]) -> None:
+    """xarray's ``combine_attrs="drop_conflicts"``, one object at a time."""
+    for key, value in attrs.items():
+        if key in dropped:
+            continue
+        if key in into and into[key] != value:
+            del into[key]
+            dropped.append(key)
+        elif key not in into:
+            into[key] = value
+
+
+def _update(path: Path, plan: RootPlan, state: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import zarr
+
+    old_steps: list[int] = list(state["steps"])
+    old_sources: dict[str, dict[str, str]] = state["sources"]
+    new_sources = _sources_text(plan)
+    if any(s not in plan.steps for s in old_steps):
+        raise _Rewrite  # a step was removed
+    for s in old_steps:
+        for m, token in old_sources.get(str(s), {}).items():
+            if new_sources[str(s)].get(m) != token:
+                raise _Rewrite  # a measure's data at a step was replaced or removed
+    measures: dict[str, dict[str, Any]] = state["measures"]
+    variables: dict[str, dict[str, Any]] = state["vars"]
+    # what is new, and is the layout unchanged?
+    added: list[tuple[int, str]] = [
+        (s, m)
+        for s in plan.steps
+        for m in sorted(plan.sources[s])
+        if m not in old_sources.get(str(s), {})
+    ]
+    described = {}
+    for s, m in added:
+        if m not in measures:
+            raise _Rewrite  # a new measure: new variables
+        desc = _describe(plan.sources[s][m])
+        mine = {k: v for k, v in variables.items() if v["measure"] == m}
+        if {k for k, v in desc["arrays"].items() if v["data"]} != set(mine):
+            raise _Rewrite
+        for name, info in desc["arrays"].items():
+            if name in mine:
+                var = mine[name]
+                if [info["dims"], info["shape"], info["dtype"]] != [
+                    var["dims"][1:],
+                    var["shape"],
+                    var["part_dtype"],
+                ]:
+                    raise _Rewrite
+            elif state["coord_sig"].get(name) != info["sig"]:
+                raise _Rewrite  # a coordinate differs from the root's
+        described[(s, m)] = desc
+    holes = _holes(plan, variables)
+    for name, info in variables.items():
+        if holes[name] != info["holes"] and info["promotes"]:
+            raise _Rewrite  # an integer variable's dtype changes with its missing steps
+    # move the chunks of earlier steps to their new positions (only ever upwards)
+    moves = [(i, plan.steps.index(s)) for i, s in enumerate(old_steps) if plan.steps.index(s) != i]
+    for name in variables:
+        base = path / name / "c"
+        for i, j in sorted(moves, reverse=True):
+            if os.path.lexists(base / str(i)):
+                os.rename(base / str(i), base / str(j))
+    n = len(plan.steps)
+    for name, info in variables.items():
+        arr = zarr.open_array(path / name, mode="r+", zarr_format=3)
+        if arr.shape[0] != n:
+            arr.resize((n, *arr.shape[1:]))
+        info["holes"] = holes[name]
+    # the new data
+    for (s, m), desc in sorted(described.items()):
+        pos = plan.steps.index(s)
+        _combine(measures[m]["attrs"], measures[m]["dropped"], desc["attrs"])
+        for name, info in desc["arrays"].items():
+            if name not in variables:
+                continue
+            var = variables[name]
+            _combine(var["attrs"], var["dropped"], _user_attrs(info["attrs"]))
+            src = zarr.open_array(plan.sources[s][m] / name, mode="r", zarr_format=3)
+            dst = zarr.open_array(path / name, mode="r+", zarr_format=3)
+            dst = dst.with_config({"write_empty_chunks": True})  # every chunk exists
+            values = np.asarray(src[...])
+            dst[pos, ...] = values.astype(dst.dtype, copy=False)
+    for name, var in variables.items():
+        m = var["measure"]
+        if any(mm == m for _, mm in described):
+            _set_attrs(path / name, _var_attrs(measures[m], var))
+    state.update(steps=list(plan.steps), sources=new_sources)
+    return state
+
+
+def _holes(plan: RootPlan, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
+    return {
+        name: any(info["measure"] not in plan.sources[s] for s in plan.steps)
+        for name, info in variables.items()
+    }
+
+
+_CF_KEYS = ("_FillValue", "coordinates", "missing_value", "units", "calendar", "dtype")
+
+
+def _user_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attrs.items() if k not in _CF_KEYS}
+
+
+def _var_attrs(measure: Mapping[str, Any], var: Mapping[str, Any]) -> dict[str, Any]:
+    from mechmoe.core.provenance import RESERVED
+
+    kept = {k: v for k, v in measure["attrs"].items() if k not in RESERVED}
+    return {**kept, **var["attrs"], "measure": var["measure"]}
+
+
+def _set_attrs(array: Path, attrs: Mapping[str, Any]) -> None:
+    import zarr
+
+    arr = zarr.open_array(array, mode="r+", zarr_format=3)
+    cf = {k: v for k, v in arr.attrs.asdict().items() if k in _CF_KEYS}
+    arr.attrs.put({**dict(attrs), **cf})
+
+
+def _rewrite(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) -> dict[str, Any]:
+    """Write the whole root from the parts, and the state an incremental update needs."""
+    import dask
+
+    reset(path, reserved)
+    ds = plan.assemble()
+    clash = sorted(set(map(str, ds.variables)) & reserved)
+    if clash:
+        raise ValueError(f"variable {clash[0]!r} would overwrite the store's own {clash[0]}")
+    enc = checksummed_zarr_encoding(ds)
+    for name, var in ds.data_vars.items():
+        if var.dims[:1] == (STEP,):
+            # one chunk per step: a step lands by writing (or moving) its own files
+            ds[name] = var.chunk({d: 1 if d == STEP else -1 for d in var.dims})
+            enc[str(name)]["chunks"] = (1, *(max(1, n) for n in var.shape[1:]))
+    out.own("zarr.json")
+    for name in ds.variables:
+        out.own(str(name))
+    with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
+        warnings.simplefilter("ignore")
+        ds.to_zarr(
+            path,
+            mode="a",
+            consolidated=False,
+            zarr_format=3,
+            encoding=enc,
+            write_empty_chunks=True,
+        )
+    # what an incremental update compares new parts with
+    measures: dict[str, dict[str, Any]] = {}
+    variables: dict[str, dict[str, Any]] = {}
+    coord_sig: dict[str, str] = {}
+    for s in plan.steps:
+        for m, src in sorted(plan.sources[s].items()):
+            desc = _describe(src)
+            entry = measures.setdefault(m, {"attrs": {}, "dropped": []})
+            _combine(entry["attrs"], entry["dropped"], desc["attrs"])
+            for name, info in desc["arrays"].items():
+                if not info["data"]:
+                    coord_sig.setdefault(name, info["sig"])
+                    continue
+                var = variables.setdefault(
+                    name,
+                    {
+                        "measure": m,
+                        "dims": [STEP, *info["dims"]],
+                        "shape": info["shape"],
+                        "part_dtype": info["dtype"],
+                        "attrs": {},
+                        "dropped": [],
+                    },
+                )
+                _combine(var["attrs"], var["dropped"], _user_attrs(info["attrs"]))
+    holes = _holes(plan, variables)
+    for name, var in variables.items():
+        var["holes"] = holes[name]
+        var["promotes"] = _promotes(var["part_dtype"])
+    return {
+        "steps": list(plan.steps),
+        "sources": _sources_text(plan),
+        "measures": measures,
+        "vars": variables,
+        "coord_sig": coord_sig,
+        "coords": sorted(str(c) for c in ds.coords),
+    }
+
+
+def _finish(path: Path, plan: RootPlan, out: Output) -> None:
+    """Rewrite the step coords and the group's attrs, then consolidate the metadata."""
+    import numpy as np
+    import xarray as xr
+    import zarr
+
+    for name in STEP_COORDS:
+        _remove_tree(path / name)
+    coords = xr.Dataset(
+        coords={
+            STEP: np.asarray(plan.steps, dtype=np.int64),
+            "tokens": (STEP, np.asarray(plan.coords["tokens"], dtype=np.float64)),
+            "revision": (STEP, np.asarray(plan.coords["revision"], dtype=str)),
+            "weights_hash": (STEP, np.asarray(plan.coords["weights_hash"], dtype=str)),
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coords.to_zarr(
+            path,
+            mode="a",
+            consolidated=False,
+            zarr_format=3,
+            encoding=checksummed_zarr_encoding(coords),
+            write_empty_chunks=True,
+        )
+        group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+        group.attrs.put(json.loads(json.dumps(plan.attrs)))
+        zarr.consolidate_metadata(path, zarr_format=3)
+    out.own("zarr.json")
+    for name in STEP_COORDS:
+        out.own(name)
+
+
+__all__ = ["STATE", "STEP_COORDS", "RootPlan", "reset", "sync"]
