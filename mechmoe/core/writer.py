@@ -368,7 +368,7 @@ def foreign_files(path: str | os.PathLike[str], under: str = "") -> list[str]:
                 continue
             if not _is_owned(rel, owned, trees):
                 out.append(rel)
-    return out
+    return sorted(out)
 
 
 def checksummed_zarr_encoding(ds: Any) -> dict[str, dict[str, Any]]:

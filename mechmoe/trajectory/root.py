@@ -181,6 +181,30 @@ def reset(path: Path, reserved: frozenset[str]) -> None:
         (path / "zarr.json").unlink()
 
 
+def _chunk_ok(path: Path) -> bool:
+    """A chunk written with the crc32c codec: its last 4 bytes are the CRC-32C of the rest."""
+    import google_crc32c
+
+    data = path.read_bytes()
+    return len(data) >= 4 and google_crc32c.value(data[:-4]) == int.from_bytes(data[-4:], "little")
+
+
+def _checked(path: Path, state: Mapping[str, Any]) -> bool:
+    """Every metadata file of the root parses and every chunk passes its checksum."""
+    try:
+        json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+        for name in [*state.get("vars", {}), *state.get("coords", [])]:
+            json.loads((path / name / "zarr.json").read_text(encoding="utf-8"))
+            for chunk in (path / name / "c").rglob("*") if (path / name / "c").exists() else ():
+                if chunk.is_file() and not _chunk_ok(chunk):
+                    return False
+            if (path / name / "c").is_file() and not _chunk_ok(path / name / "c"):
+                return False
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _intact(path: Path, state: Mapping[str, Any]) -> bool:
     """Every file the root should have is there (a quick check, no data read)."""
     if not (path / "zarr.json").is_file():
@@ -200,8 +224,14 @@ def _intact(path: Path, state: Mapping[str, Any]) -> bool:
     return all((path / c / "zarr.json").is_file() for c in state.get("coords", []))
 
 
-def sync(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) -> None:
-    """Bring the root of the store at ``path`` up to ``plan`` (see the module doc)."""
+def sync(
+    path: Path, plan: RootPlan, out: Output, reserved: frozenset[str], *, verify: bool = False
+) -> None:
+    """Bring the root of the store at ``path`` up to ``plan`` (see the module doc).
+
+    With ``verify``, every chunk of the root is checked against its CRC-32C first (a
+    damaged root is rewritten from the parts).
+    """
     state = _load_state(path)
     if not plan.steps:
         if state is not None or (path / "zarr.json").exists():
@@ -219,6 +249,7 @@ def sync(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) -> N
         and state.get("state") == "clean"
         and "vars" in state
         and _intact(path, state)
+        and (not verify or _checked(path, state))
     )
     if usable and state is not None and all(state.get(k) == v for k, v in outline.items()):
         return

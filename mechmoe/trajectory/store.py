@@ -739,17 +739,8 @@ class TrajectoryStore:
         ckpt = result.checkpoint
         names = sorted(result.datasets)
         claims = sorted({*names, *result.not_applicable})
-        clash = sorted(
-            str(v)
-            for ds in result.datasets.values()
-            for v in ds.variables
-            if str(v) in RESERVED_NAMES
-        )
-        if clash:
-            raise InvalidInputError(
-                f"a measure's variable is named {clash[0]!r}, a name the trajectory store "
-                "keeps for itself; rename the variable"
-            )
+        for ds in result.datasets.values():
+            check_names(ds)
         record: dict[str, Any] = {
             "step": ckpt.step,
             "tokens": ckpt.tokens,
@@ -962,8 +953,12 @@ class TrajectoryStore:
             tmp.write_text(_json(config), encoding="utf-8")
 
     # -- the root: the whole Dataset for plain xarray --------------------------------
-    def sync_root(self) -> None:
-        """Bring the root (``xr.open_zarr(store)``) up to date with the parts."""
+    def sync_root(self, *, verify: bool = False) -> None:
+        """Bring the root (``xr.open_zarr(store)``) up to date with the parts.
+
+        With ``verify``, the root's chunks are checked against their CRC-32C first, and a
+        damaged root is rewritten from the parts.
+        """
         if _plain() or self._out is None:
             return
         steps: list[int] = []
@@ -996,7 +991,17 @@ class TrajectoryStore:
             assemble=lambda: _assemble(self.path, self.index, steps),
             tokens=tokens,
         )
-        _root.sync(self.path, plan, self._replacing(), RESERVED_NAMES)
+        _root.sync(self.path, plan, self._replacing(), RESERVED_NAMES, verify=verify)
+
+
+def check_names(ds: xr.Dataset) -> None:
+    """Refuse a measure's Dataset with a variable named like the store's own files."""
+    clash = sorted(str(v) for v in ds.variables if str(v) in RESERVED_NAMES)
+    if clash:
+        raise InvalidInputError(
+            f"a measure's variable is named {clash[0]!r}, a name the trajectory store "
+            "keeps for itself; rename the variable"
+        )
 
 
 def _remove_tree(path: Path) -> None:
@@ -1252,6 +1257,7 @@ __all__ = [
     "StoreIndex",
     "StoredPart",
     "TrajectoryStore",
+    "check_names",
     "export_netcdf",
     "open_store",
     "step_name",

@@ -40,11 +40,12 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -55,7 +56,13 @@ from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import options_json, probe_hash, provenance, weights_hash
 from mechmoe.core.writer import prepare_output
 from mechmoe.trajectory.sources import Checkpoint, CheckpointSource
-from mechmoe.trajectory.store import KIND, CheckpointResult, Status, TrajectoryStore
+from mechmoe.trajectory.store import (
+    KIND,
+    CheckpointResult,
+    Status,
+    TrajectoryStore,
+    check_names,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -222,7 +229,9 @@ def measure_checkpoint(
                 not_applicable.append(measure.name)
                 continue
             try:
-                result.datasets[measure.name] = measure(model, probe)
+                ds = measure(model, probe)
+                check_names(ds)
+                result.datasets[measure.name] = ds
             except Exception as exc:
                 if result.error is None:
                     result.error = f"measure {measure.name!r} failed on {label}: {_one_line(exc)}"
@@ -481,7 +490,7 @@ def _sweep_into(
     if not os.environ.get(PLAIN_ENV):
         store.verify("full")  # every file against its checksum: damage is recomputed below
     store.tidy()
-    store.sync_root()  # a root cut short by a crash, or damaged, is redone from the parts
+    store.sync_root(verify=True)  # a root cut short by a crash, or damaged: redone
     if threads is None:
         import torch
 
@@ -534,8 +543,8 @@ def _sweep_into(
                 summary.duplicates[step] = store.index.original_of(step)
             elif status == Status.FAILED:
                 summary.failed[step] = str(store.index.failures.get(step, {}).get("error"))
-                if res.datasets:
-                    summary.done.append(step)
+                if res.datasets and set(res.datasets) <= store.index.done(step):
+                    summary.done.append(step)  # the measures that succeeded are stored
             else:
                 summary.done.append(step)
             # a later step stored earlier may just have become a duplicate of this one
@@ -589,6 +598,37 @@ def _known(store: TrajectoryStore) -> dict[str, int]:
     return out
 
 
+#: Variables Dask's nanny sets to 1 in its workers (and, as a side effect, in this process).
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _worker_environment() -> Iterator[None]:
+    """Start local workers that compute like this process, and leave its environment alone.
+
+    Dask's nanny sets ``OMP_NUM_THREADS=1`` (and MKL's, OpenBLAS's) for its workers by
+    writing them into this process's ``os.environ``, where they stay: every later
+    subprocess would then run single-threaded. Workers here get this process's own
+    values (their torch thread count is set per task), and the environment is restored.
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    for key in _THREAD_VARIABLES:
+        env.pop(key, None)
+    keys = set(env) | set(_THREAD_VARIABLES)
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _run_dask(
     todo: list[tuple[Checkpoint, list[Any]]],
     probe: Any,
@@ -615,13 +655,14 @@ def _run_dask(
                 "check the address and that the scheduler runs"
             ) from None
     else:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        with _worker_environment():
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
         client = Client(cluster)
     try:
         known = _known(store)

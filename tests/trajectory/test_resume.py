@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 from mechmoe.probes import load_probe
 from mechmoe.trajectory import LocalCheckpoints, open_store, sweep
@@ -94,6 +95,8 @@ def _rerun_and_compare(ckpts: Path, out: Path, ref: Path) -> None:
     assert not temporaries(out)
     assert open_store(out).load().identical(open_store(ref).load())
     assert tree(out) == tree(ref)
+    # plain xarray reads the same from the store's root
+    assert xr.open_zarr(out).load().identical(open_store(ref).load())
 
 
 def test_sigkill_after_the_first_checkpoint(tmp_path, reference):
