@@ -9,6 +9,12 @@
    per checkpoint would add ~56 MB each), each sweep in its own subprocess (``os.wait4``
    rusage of that child). One model is in memory at a time, so the peak must not grow
    with the number of checkpoints.
+3. Integrity: the local sweep with every part checksummed (crc32c codec, per-part
+   manifest, verification before the sweep) and the plain-xarray root kept up to date,
+   against the same sweep with all of that switched off (``MECHMOE_BENCH_PLAIN_STORE=1``),
+   alternating the two in fresh subprocesses; measures ``param_norm``, ``hit``,
+   ``neuron_lpi`` and ``routing`` (the store's largest variables). Also a resume of the
+   finished store (nothing left to compute: the time is verification and bookkeeping).
 
     python benchmarks/bench_trajectory.py [--checkpoints 8] [--family olmoe] [--items 8]
 
@@ -36,10 +42,11 @@ from mechmoe.trajectory import LocalCheckpoints, sweep
 from mechmoe.trajectory.sweep import ParameterNorm
 from transformers.utils import logging as hf_logging
 hf_logging.disable_progress_bar()
-ckpts, out, executor, workers, select, items = sys.argv[1:7]
+ckpts, out, executor, workers, select, items, names = sys.argv[1:8]
 probe = load_probe("country_capital_city").head(int(items))
+measures = [ParameterNorm() if n == "param_norm" else n for n in names.split(",")]
 t0 = time.perf_counter()
-s = sweep(LocalCheckpoints(ckpts, select=select), probe=probe, measures=[ParameterNorm(), "hit"],
+s = sweep(LocalCheckpoints(ckpts, select=select), probe=probe, measures=measures,
           out=out, executor=executor, workers=int(workers))
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "done": len(s.done), "failed": len(s.failed)}))
@@ -88,7 +95,26 @@ def build(root: Path, n: int, family: str, *, medium: bool = False) -> Path:
     return folder
 
 
-def run_child(ckpts: Path, out: Path, executor: str, workers: int, select: str, items: int):
+MEASURES = "param_norm,hit"
+#: The integrity comparison writes the store's largest variables too.
+INTEGRITY_MEASURES = "param_norm,hit,neuron_lpi,routing"
+
+
+def run_child(
+    ckpts: Path,
+    out: Path,
+    executor: str,
+    workers: int,
+    select: str,
+    items: int,
+    measures: str = MEASURES,
+    plain: bool = False,
+):
+    from mechmoe.trajectory.store import PLAIN_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != PLAIN_ENV}
+    if plain:
+        env[PLAIN_ENV] = "1"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -100,10 +126,12 @@ def run_child(ckpts: Path, out: Path, executor: str, workers: int, select: str, 
             str(workers),
             select,
             str(items),
+            measures,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=env,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     output = proc.stdout.read()
@@ -120,6 +148,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=8)
     ap.add_argument("--family", default="olmoe")
     ap.add_argument("--items", type=int, default=8, help="probe items (country_capital_city)")
+    ap.add_argument("--repeats", type=int, default=5, help="pairs of the integrity comparison")
+    ap.add_argument("--only", choices=("all", "integrity"), default="all")
     args = ap.parse_args()
     info = {
         "python": platform.python_version(),
@@ -129,9 +159,17 @@ def main() -> None:
         "measures": ["param_norm", "hit"],
         "loadavg_start": list(os.getloadavg()),
     }
+    path = HERE / "results_trajectory.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpts = build(root, args.checkpoints, args.family)
+        results["integrity"] = integrity(root, ckpts, args)
+        if args.only == "integrity":
+            results["when_integrity"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote {path}")
+            return
         throughput = []
         for executor, workers in (("local", 1), ("dask", 1), ("dask", 2)):
             r = run_child(
@@ -157,15 +195,64 @@ def main() -> None:
             memory.append(r)
             print(f"local, {n} checkpoints: peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     info["loadavg_end"] = list(os.getloadavg())
-    results = {
-        "info": info,
-        "throughput": throughput,
-        "memory": memory,
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    path = HERE / "results_trajectory.json"
+    results.update(
+        {
+            "info": info,
+            "throughput": throughput,
+            "memory": memory,
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+    )
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def integrity(root: Path, ckpts: Path, args: argparse.Namespace) -> dict:
+    """Sweep seconds with and without checksums and the root, alternating, same checkpoints."""
+    import statistics
+
+    runs: dict[str, list[float]] = {"checked": [], "plain": []}
+    resume: dict[str, list[float]] = {"checked": [], "plain": []}
+    sizes: dict[str, int] = {}
+    start = list(os.getloadavg())
+    for i in range(args.repeats):
+        order = ("plain", "checked") if i % 2 == 0 else ("checked", "plain")
+        for kind in order:
+            out = root / f"i-{kind}-{i}.zarr"
+            r = run_child(
+                ckpts, out, "local", 1, "all", args.items, INTEGRITY_MEASURES, kind == "plain"
+            )
+            runs[kind].append(r["seconds"])
+            again = run_child(
+                ckpts, out, "local", 1, "all", args.items, INTEGRITY_MEASURES, kind == "plain"
+            )
+            resume[kind].append(again["seconds"])
+            sizes[kind] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        print(
+            f"integrity pair {i + 1}: checked {runs['checked'][-1]:.2f} s, "
+            f"plain {runs['plain'][-1]:.2f} s",
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    res_med = {k: statistics.median(v) for k, v in resume.items()}
+    out = {
+        "measures": INTEGRITY_MEASURES.split(","),
+        "checkpoints": args.checkpoints,
+        "seconds": runs,
+        "median_seconds": med,
+        "overhead": med["checked"] / med["plain"] - 1.0,
+        "resume_seconds": resume,
+        "resume_median_seconds": res_med,
+        "store_bytes": sizes,
+        "loadavg": [start, list(os.getloadavg())],
+    }
+    print(
+        f"integrity: sweep {med['checked']:.2f} s checked vs {med['plain']:.2f} s plain "
+        f"({100 * out['overhead']:+.1f}%); resume {res_med['checked']:.2f} s vs "
+        f"{res_med['plain']:.2f} s",
+        flush=True,
+    )
+    return out
 
 
 if __name__ == "__main__":

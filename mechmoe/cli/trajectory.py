@@ -94,7 +94,12 @@ def trajectory(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", help="torch threads per worker (default: 1 on Dask).", min=1),
+        typer.Option(
+            "--threads",
+            help="torch threads per checkpoint, on every executor (default: the store's, "
+            "or torch's setting for a new store).",
+            min=1,
+        ),
     ] = None,
     tokenizer: TokenizerOpt = None,
     backend: BackendOpt = "nnsight",
@@ -200,14 +205,17 @@ def _probe(spec: str, items: int | None):  # type: ignore[no-untyped-def]
 def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
+    from mechmoe.trajectory.store import Status
+
     rows = summary.rows()
-    shown = rows if len(rows) <= MAX_ROWS else [r for r in rows if r[2] in ("failed", "duplicate")]
+    notable = (Status.FAILED, Status.DUPLICATE)
+    shown = rows if len(rows) <= MAX_ROWS else [r for r in rows if r[2] in notable]
     if shown:
         table = Table(title=f"checkpoints → {summary.store}")
         for col in ("step", "checkpoint", "status", "detail"):
             table.add_column(col, justify="right" if col == "step" else "left")
         for step, label, status, detail in shown:
-            style = {"failed": "red", "duplicate": "yellow"}.get(status)
+            style = {Status.FAILED: "red", Status.DUPLICATE: "yellow"}.get(status)
             table.add_row(str(step), label, f"[{style}]{status}[/]" if style else status, detail)
         console.print(table)
     totals = Table(title="summary")

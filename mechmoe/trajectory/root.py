@@ -248,20 +248,21 @@ def sync(
         state is not None
         and state.get("state") == "clean"
         and "vars" in state
-        and _intact(path, state)
-        and (not verify or _checked(path, state))
+        and (not verify or (_intact(path, state) and _checked(path, state)))
     )
     if usable and state is not None and all(state.get(k) == v for k, v in outline.items()):
         return
     if state is not None or (path / "zarr.json").exists():
         _save_state(out, {**(state or {}), "state": "updating"})
+    previous = dict(state) if usable and state is not None else None
     try:
         if not usable or state is None:
             raise _Rewrite
         new_state = _update(path, plan, state)
     except _Rewrite:
         new_state = _rewrite(path, plan, out, reserved)
-    _finish(path, plan, out)
+        previous = None
+    _finish(path, plan, out, previous)
     _save_state(out, {**new_state, **outline, "state": "clean"})
 
 
@@ -341,32 +342,91 @@ def _update(path: Path, plan: RootPlan, state: dict[str, Any]) -> dict[str, Any]
         for i, j in sorted(moves, reverse=True):
             if os.path.lexists(base / str(i)):
                 os.rename(base / str(i), base / str(j))
+    # attrs, as xarray's drop_conflicts combines them over the steps
+    changed: set[str] = set()
+    for (_, m), desc in sorted(described.items()):
+        before = json.dumps(measures[m], sort_keys=True)
+        _combine(measures[m]["attrs"], measures[m]["dropped"], desc["attrs"])
+        if json.dumps(measures[m], sort_keys=True) != before:
+            changed |= {n for n, v in variables.items() if v["measure"] == m}
+        for name, info in desc["arrays"].items():
+            if name in variables:
+                var = variables[name]
+                before = json.dumps([var["attrs"], var["dropped"]], sort_keys=True)
+                _combine(var["attrs"], var["dropped"], _user_attrs(info["attrs"]))
+                if json.dumps([var["attrs"], var["dropped"]], sort_keys=True) != before:
+                    changed.add(name)
+    # the new shape and attrs: edited in each array's metadata (no data rewritten)
     n = len(plan.steps)
-    for name, info in variables.items():
-        arr = zarr.open_array(path / name, mode="r+", zarr_format=3)
-        if arr.shape[0] != n:
-            arr.resize((n, *arr.shape[1:]))
-        info["holes"] = holes[name]
-    # the new data
+    metas: dict[str, dict[str, Any]] = {}
+    for name, var in variables.items():
+        meta = _meta(path / name)
+        edited = meta["shape"][0] != n or name in changed
+        meta["shape"][0] = n
+        if name in changed:
+            cf = {k: v for k, v in meta.get("attributes", {}).items() if k in _CF_KEYS}
+            meta["attributes"] = {**_var_attrs(measures[var["measure"]], var), **cf}
+        if edited:
+            _write_json(path / name / "zarr.json", meta)
+        metas[name] = meta
+        var["holes"] = holes[name]
+    # the new data: each chunk of a part is the root's chunk at that step, byte for byte,
+    # unless the root stores the variable with another dtype (an int with missing steps)
     for (s, m), desc in sorted(described.items()):
         pos = plan.steps.index(s)
-        _combine(measures[m]["attrs"], measures[m]["dropped"], desc["attrs"])
-        for name, info in desc["arrays"].items():
+        for name in desc["arrays"]:
             if name not in variables:
                 continue
-            var = variables[name]
-            _combine(var["attrs"], var["dropped"], _user_attrs(info["attrs"]))
-            src = zarr.open_array(plan.sources[s][m] / name, mode="r", zarr_format=3)
+            src_dir = plan.sources[s][m] / name
+            if _link_chunk(src_dir, path / name, pos, metas[name]):
+                continue
+            src = zarr.open_array(src_dir, mode="r", zarr_format=3)
             dst = zarr.open_array(path / name, mode="r+", zarr_format=3)
             dst = dst.with_config({"write_empty_chunks": True})  # every chunk exists
-            values = np.asarray(src[...])
-            dst[pos, ...] = values.astype(dst.dtype, copy=False)
-    for name, var in variables.items():
-        m = var["measure"]
-        if any(mm == m for _, mm in described):
-            _set_attrs(path / name, _var_attrs(measures[m], var))
+            dst[pos, ...] = np.asarray(src[...]).astype(dst.dtype, copy=False)
     state.update(steps=list(plan.steps), sources=new_sources)
     return state
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Replace a small JSON file in one step (written beside it, then renamed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _link_chunk(src: Path, dst: Path, pos: int, dst_meta: Mapping[str, Any]) -> bool:
+    """Make the part's one chunk the root's chunk at ``pos``; ``False`` if their encodings differ.
+
+    With the same dtype and codecs, the chunk of shape ``(1, *shape)`` has the same bytes
+    as the part's chunk of ``shape``: the file is hard-linked (copied where links fail),
+    so the root takes no extra space.
+    """
+    src_meta = _meta(src)
+    shape = list(src_meta["shape"])
+    chunks = src_meta["chunk_grid"]["configuration"]["chunk_shape"]
+    same = (
+        src_meta["data_type"] == dst_meta["data_type"]
+        and src_meta["codecs"] == dst_meta["codecs"]
+        and src_meta.get("chunk_key_encoding") == dst_meta.get("chunk_key_encoding")
+        and dst_meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, *chunks]
+        and all(c >= max(1, n) for c, n in zip(chunks, shape, strict=True))
+    )
+    sep = (dst_meta.get("chunk_key_encoding") or {}).get("configuration", {}).get("separator")
+    if not same or sep != "/":
+        return False
+    key = "/".join(["c", *("0" for _ in shape)])
+    target = dst.joinpath("c", str(pos), *("0" for _ in shape))
+    if not (src / key).is_file():
+        return False
+    if os.path.lexists(target):
+        _remove_tree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src / key, target)
+    except OSError:
+        shutil.copyfile(src / key, target)
+    return True
 
 
 def _holes(plan: RootPlan, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
@@ -388,14 +448,6 @@ def _var_attrs(measure: Mapping[str, Any], var: Mapping[str, Any]) -> dict[str, 
 
     kept = {k: v for k, v in measure["attrs"].items() if k not in RESERVED}
     return {**kept, **var["attrs"], "measure": var["measure"]}
-
-
-def _set_attrs(array: Path, attrs: Mapping[str, Any]) -> None:
-    import zarr
-
-    arr = zarr.open_array(array, mode="r+", zarr_format=3)
-    cf = {k: v for k, v in arr.attrs.asdict().items() if k in _CF_KEYS}
-    arr.attrs.put({**dict(attrs), **cf})
 
 
 def _rewrite(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) -> dict[str, Any]:
@@ -465,38 +517,92 @@ def _rewrite(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) 
     }
 
 
-def _finish(path: Path, plan: RootPlan, out: Output) -> None:
-    """Rewrite the step coords and the group's attrs, then consolidate the metadata."""
+#: Chunk length of the ``step`` coords (fixed, so a store's bytes do not depend on history).
+STEP_CHUNK = 4096
+
+
+def _write_in_place(path: Path, values: Mapping[str, Any]) -> bool:
+    """Write the step coords into their arrays if they have the right dtype; else ``False``."""
     import numpy as np
-    import xarray as xr
     import zarr
 
-    for name in STEP_COORDS:
-        _remove_tree(path / name)
-    coords = xr.Dataset(
-        coords={
-            STEP: np.asarray(plan.steps, dtype=np.int64),
-            "tokens": (STEP, np.asarray(plan.coords["tokens"], dtype=np.float64)),
-            "revision": (STEP, np.asarray(plan.coords["revision"], dtype=str)),
-            "weights_hash": (STEP, np.asarray(plan.coords["weights_hash"], dtype=str)),
-        }
+    arrays = {}
+    for name, data in values.items():
+        try:
+            meta = _meta(path / name)
+            arr = zarr.open_array(path / name, mode="r+", zarr_format=3)
+        except (OSError, ValueError, KeyError):
+            return False
+        if arr.dtype != data.dtype or meta["chunk_grid"]["configuration"]["chunk_shape"] != [
+            STEP_CHUNK
+        ]:
+            return False  # e.g. a longer revision name: the array is made again
+        arrays[name] = (meta, arr)
+    for name, (meta, arr) in arrays.items():
+        data = np.asarray(values[name])
+        if meta["shape"] != [len(data)]:
+            meta["shape"] = [len(data)]
+            _write_json(path / name / "zarr.json", meta)
+            arr = zarr.open_array(path / name, mode="r+", zarr_format=3)
+        arr.with_config({"write_empty_chunks": True})[...] = data
+    return True
+
+
+def _finish(path: Path, plan: RootPlan, out: Output, state: Mapping[str, Any] | None) -> None:
+    """Write the step coords (if they changed) and the group's attrs and consolidated metadata."""
+    import numpy as np
+    import xarray as xr
+
+    values = {
+        STEP: np.asarray(plan.steps, dtype=np.int64),
+        "tokens": np.asarray(plan.coords["tokens"], dtype=np.float64),
+        "revision": np.asarray(plan.coords["revision"], dtype=str),
+        "weights_hash": np.asarray(plan.coords["weights_hash"], dtype=str),
+    }
+    unchanged = (
+        state is not None
+        and state.get("steps") == plan.steps
+        and state.get("coords_values") == json.loads(json.dumps(plan.coords))
+        and all((path / name / "zarr.json").is_file() for name in STEP_COORDS)
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        coords.to_zarr(
-            path,
-            mode="a",
-            consolidated=False,
-            zarr_format=3,
-            encoding=checksummed_zarr_encoding(coords),
-            write_empty_chunks=True,
+    if not unchanged and not _write_in_place(path, values):
+        for name in STEP_COORDS:
+            _remove_tree(path / name)
+        coords = xr.Dataset(
+            coords={STEP: values[STEP], **{k: (STEP, v) for k, v in values.items() if k != STEP}}
         )
-        group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
-        group.attrs.put(json.loads(json.dumps(plan.attrs)))
-        zarr.consolidate_metadata(path, zarr_format=3)
+        enc = checksummed_zarr_encoding(coords)
+        for name in STEP_COORDS:
+            enc[name]["chunks"] = (STEP_CHUNK,)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            coords.to_zarr(
+                path,
+                mode="a",
+                consolidated=False,
+                zarr_format=3,
+                encoding=enc,
+                write_empty_chunks=True,
+            )
+        for name in STEP_COORDS:
+            out.own(name)
+    # the group: the Dataset's attrs, and every array's metadata consolidated in it
+    members = {}
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            meta = _meta(Path(entry.path))
+            if meta.get("node_type") == "array" and meta.get("zarr_format") == 3:
+                members[entry.name] = meta
+    group = {
+        "attributes": json.loads(json.dumps(plan.attrs)),
+        "zarr_format": 3,
+        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": members},
+        "node_type": "group",
+    }
+    _write_json(path / "zarr.json", group)
     out.own("zarr.json")
-    for name in STEP_COORDS:
-        out.own(name)
 
 
 __all__ = ["STATE", "STEP_COORDS", "RootPlan", "reset", "sync"]

@@ -232,12 +232,21 @@ def test_plain_zarr_readers_also_refuse_a_garbled_chunk(store):
         xr.open_zarr(store)["mx"].load()
 
 
-def test_damaged_root_is_rewritten_by_the_next_sweep(store, reference):
+def test_damaged_root_is_rewritten_by_the_next_sweep(tmp_path, reference):
+    """The root's chunks are the parts' chunk files (hard links): garbling one garbles the
+    stored part too, which the next sweep recomputes; the root is then rewritten."""
     ckpts, ref = reference
-    garble(store / "mx" / "c" / "1" / "0")
+    store = tmp_path / "run.zarr"
+    sweep(LocalCheckpoints(ckpts), probe=PROMPTS, measures=measures(), out=store)
+    root_chunk = store / "mx" / "c" / "1" / "0"
+    part_chunk = part(store, 200) / "stats.zarr" / "mx" / "c" / "0"
+    assert root_chunk.stat().st_ino == part_chunk.stat().st_ino  # no extra disk space
+    garble(root_chunk)
+    with pytest.raises(DamagedFileError, match="step 200, measure 'stats', variable 'mx'"):
+        open_store(store)
     calls: dict[str, list[int]] = {}
     sweep(LocalCheckpoints(ckpts), probe=PROMPTS, measures=measures(calls), out=store)
-    assert calls == {"param_norm": [], "stats": []}
+    assert calls == {"param_norm": [], "stats": [200]}
     assert xr.open_zarr(store).load().identical(open_store(ref).load())
 
 

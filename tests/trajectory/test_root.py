@@ -137,3 +137,48 @@ def test_variable_names_of_the_store_are_refused(tmp_path):
     res.datasets = {"m": xr.Dataset({"checkpoints": ("x", [1.0])})}
     with pytest.raises(Exception, match="'checkpoints', a name the trajectory store keeps"):
         store.write(res)
+
+
+def test_a_store_of_an_earlier_mechmoe_is_read_and_upgraded(tmp_path):
+    """Format 1 (zarr v2 parts, no checksums): open_store reads it; the next writer gives
+    its parts checksums and the store a root, recomputing nothing."""
+    path = tmp_path / "old.zarr"
+    path.mkdir()
+    (path / ".mechmoe.json").write_text(
+        json.dumps(
+            {"mechmoe_kind": "trajectory", "mechmoe_format": "1", "mechmoe_version": "0.1.0"}
+        )
+    )
+    (path / "config.json").write_text(json.dumps({"format": 1, "model": "x"}))
+    (path / "measures").mkdir()
+    (path / "measures" / "m.json").write_text("{}")
+    for step in (100, 200):
+        part = path / "checkpoints" / f"step_{step:012d}" / "m"
+        part.mkdir(parents=True)
+        m_ds(step).to_zarr(part / "m.zarr", zarr_format=2, consolidated=False)
+        record = {
+            "step": step,
+            "tokens": step * 1e6,
+            "revision": f"step{step}",
+            "label": f"step{step}",
+            "weights_hash": f"h{step}",
+            "measures": ["m"],
+            "not_applicable": [],
+            "model_attrs": {"adapter": "x", "is_moe": 1},
+        }
+        (part / "checkpoint.json").write_text(json.dumps(record))
+    before = open_store(path).load()
+    assert before["step"].values.tolist() == [100, 200]
+    store = TrajectoryStore.create_or_open(path, {"model": "x"}, {"m": {}})
+    assert json.loads((path / "config.json").read_text())["format"] == 2
+    rec = json.loads(
+        (path / "checkpoints" / "step_000000000100" / "m" / "checkpoint.json").read_text()
+    )
+    assert "m.zarr/a/c/0" in rec["files"] and rec["config"]["format"] == 2
+    assert store.verify() == []
+    store.sync_root()
+    after = open_store(path).load()
+    assert json.loads(after.attrs.pop("config"))["format"] == 2  # the one change
+    before.attrs.pop("config")
+    assert after.identical(before)
+    same(path)

@@ -81,3 +81,25 @@ def test_cli_errors_are_one_line(tmp_path, tiny_checkpoints):
         ],
     )
     assert result.exit_code == 2 and "not written by mechmoe" in result.output
+
+
+def test_following_the_advice_of_each_store_error_works(tmp_path, tiny_checkpoints):
+    """Each error names a fix that works: the export is the store; an earlier export."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for f in tiny_checkpoints[:1]:
+        shutil.copytree(f, ckpts / f.name)
+    out = tmp_path / "run.zarr"
+    args = ["trajectory", "m", "--checkpoints", str(ckpts), "--probe", "country_capital_city"]
+    args += ["--probe-items", "1", "--measures", "hit", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--export-nc", str(out)])
+    assert res.exit_code == 2 and f"e.g. --export-nc {tmp_path / 'run.nc'}" in res.output
+    assert not out.exists()
+    res = runner.invoke(app, [*args, "--export-nc", str(tmp_path / "run.nc")])  # the advice
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*args, "--export-nc", str(tmp_path / "run.nc")])
+    assert res.exit_code == 2 and "holds an earlier export; delete it" in res.output
+    (tmp_path / "run.nc").unlink()  # the advice
+    res = runner.invoke(app, [*args, "--export-nc", str(tmp_path / "run.nc")])
+    assert res.exit_code == 0, res.output
+    assert open_store(out)["step"].values.tolist() == [100]
