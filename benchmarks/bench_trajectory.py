@@ -42,6 +42,19 @@ from mechmoe.trajectory import LocalCheckpoints, sweep
 from mechmoe.trajectory.sweep import ParameterNorm
 from transformers.utils import logging as hf_logging
 hf_logging.disable_progress_bar()
+import mechmoe.trajectory.store as store_mod
+spent = {"write": 0.0, "verify": 0.0, "root": 0.0}
+def timed(fn, key):
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - t
+    return wrapper
+# the store's own time: writing parts (root update included), verifying, the root alone
+for name, key in (("write", "write"), ("verify", "verify"), ("sync_root", "root")):
+    setattr(store_mod.TrajectoryStore, name, timed(getattr(store_mod.TrajectoryStore, name), key))
 ckpts, out, executor, workers, select, items, names = sys.argv[1:8]
 probe = load_probe("country_capital_city").head(int(items))
 measures = [ParameterNorm() if n == "param_norm" else n for n in names.split(",")]
@@ -49,7 +62,7 @@ t0 = time.perf_counter()
 s = sweep(LocalCheckpoints(ckpts, select=select), probe=probe, measures=measures,
           out=out, executor=executor, workers=int(workers))
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "done": len(s.done), "failed": len(s.failed)}))
+print(json.dumps({"seconds": dt, "done": len(s.done), "failed": len(s.failed), "store": spent}))
 """
 
 
@@ -213,6 +226,8 @@ def integrity(root: Path, ckpts: Path, args: argparse.Namespace) -> dict:
 
     runs: dict[str, list[float]] = {"checked": [], "plain": []}
     resume: dict[str, list[float]] = {"checked": [], "plain": []}
+    store_time: dict[str, list[float]] = {"checked": [], "plain": []}
+    root_time: list[float] = []
     sizes: dict[str, int] = {}
     start = list(os.getloadavg())
     for i in range(args.repeats):
@@ -223,6 +238,9 @@ def integrity(root: Path, ckpts: Path, args: argparse.Namespace) -> dict:
                 ckpts, out, "local", 1, "all", args.items, INTEGRITY_MEASURES, kind == "plain"
             )
             runs[kind].append(r["seconds"])
+            store_time[kind].append(r["store"]["write"] + r["store"]["verify"])
+            if kind == "checked":
+                root_time.append(r["store"]["root"])
             again = run_child(
                 ckpts, out, "local", 1, "all", args.items, INTEGRITY_MEASURES, kind == "plain"
             )
@@ -235,12 +253,19 @@ def integrity(root: Path, ckpts: Path, args: argparse.Namespace) -> dict:
         )
     med = {k: statistics.median(v) for k, v in runs.items()}
     res_med = {k: statistics.median(v) for k, v in resume.items()}
+    st_med = {k: statistics.median(v) for k, v in store_time.items()}
     out = {
         "measures": INTEGRITY_MEASURES.split(","),
         "checkpoints": args.checkpoints,
         "seconds": runs,
         "median_seconds": med,
         "overhead": med["checked"] / med["plain"] - 1.0,
+        # the store's own seconds (writing parts, root, verifying) in the same sweeps: the
+        # difference is what checksums and the root cost, without the compute's noise
+        "store_seconds": store_time,
+        "store_median_seconds": st_med,
+        "root_median_seconds": statistics.median(root_time),
+        "store_overhead_of_sweep": (st_med["checked"] - st_med["plain"]) / med["plain"],
         "resume_seconds": resume,
         "resume_median_seconds": res_med,
         "store_bytes": sizes,
@@ -248,8 +273,9 @@ def integrity(root: Path, ckpts: Path, args: argparse.Namespace) -> dict:
     }
     print(
         f"integrity: sweep {med['checked']:.2f} s checked vs {med['plain']:.2f} s plain "
-        f"({100 * out['overhead']:+.1f}%); resume {res_med['checked']:.2f} s vs "
-        f"{res_med['plain']:.2f} s",
+        f"({100 * out['overhead']:+.1f}%); the store's own time {st_med['checked']:.2f} s vs "
+        f"{st_med['plain']:.2f} s ({100 * out['store_overhead_of_sweep']:+.1f}% of the sweep); "
+        f"resume {res_med['checked']:.2f} s vs {res_med['plain']:.2f} s",
         flush=True,
     )
     return out

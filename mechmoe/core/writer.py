@@ -18,6 +18,11 @@ over time). The guarantees, documented for users in ``docs/files.md``:
   write becomes one :class:`~mechmoe.core.errors.OutputError`. Temporaries left by a process
   that was killed outright (``SIGKILL``, power loss) carry its pid; the next writer of the
   same name removes them once that process is gone, and readers skip dot-names.
+* A folder's marker records the size and CRC-32C of every file written
+  (:func:`verify_output` compares them); a folder that grows logs what each
+  :meth:`Output.child` added. Replacing an output (or a child) replaces only those files:
+  anything a user added is carried over into the new one (:func:`foreign_files`).
+* :meth:`Output.lock` makes one process the only writer of a folder that grows.
 
 How an earlier output is recognised (its *kind* is a short name such as ``"result"``):
 

@@ -145,8 +145,8 @@ def _load_state(path: Path) -> dict[str, Any] | None:
 
 
 def _save_state(out: Output, state: dict[str, Any]) -> None:
-    with out.child(STATE) as tmp:
-        tmp.write_text(json.dumps({**state, "version": _VERSION}, sort_keys=True) + "\n")
+    _write_json(out.path / STATE, {**state, "version": _VERSION}, sort_keys=True)
+    out.own(STATE)
 
 
 def _root_names(path: Path, state: Mapping[str, Any] | None, reserved: frozenset[str]) -> set[str]:
@@ -253,7 +253,7 @@ def sync(
     if usable and state is not None and all(state.get(k) == v for k, v in outline.items()):
         return
     if state is not None or (path / "zarr.json").exists():
-        _save_state(out, {**(state or {}), "state": "updating"})
+        _save_state(out, {"state": "updating"})  # until the end: cut short, it is redone
     previous = dict(state) if usable and state is not None else None
     try:
         if not usable or state is None:
@@ -388,11 +388,14 @@ def _update(path: Path, plan: RootPlan, state: dict[str, Any]) -> dict[str, Any]
     return state
 
 
-def _write_json(path: Path, value: Any) -> None:
-    """Replace a small JSON file in one step (written beside it, then renamed)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+def _write_json(path: Path, value: Any, *, sort_keys: bool = False) -> None:
+    """Write a small JSON file of the root in place, as zarr writes its metadata.
+
+    Formatted as zarr formats it (indent 2), so a file edited here has the bytes zarr
+    would have written. Not atomic, like zarr's own writes: the root is marked
+    ``updating`` meanwhile, and an update cut short is redone from the parts.
+    """
+    path.write_text(json.dumps(value, indent=2, sort_keys=sort_keys), encoding="utf-8")
 
 
 def _link_chunk(src: Path, dst: Path, pos: int, dst_meta: Mapping[str, Any]) -> bool:
@@ -422,10 +425,7 @@ def _link_chunk(src: Path, dst: Path, pos: int, dst_meta: Mapping[str, Any]) -> 
     if os.path.lexists(target):
         _remove_tree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src / key, target)
-    except OSError:
-        shutil.copyfile(src / key, target)
+    _link(src / key, target)
     return True
 
 
@@ -455,21 +455,31 @@ def _rewrite(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) 
     import dask
 
     reset(path, reserved)
+    state, descs = _state_from_parts(plan)
+    with contextlib.suppress(_Rewrite):
+        _create(path, plan, state, descs, out, reserved)
+        return state
+    reset(path, reserved)
     ds = plan.assemble()
     clash = sorted(set(map(str, ds.variables)) & reserved)
     if clash:
         raise ValueError(f"variable {clash[0]!r} would overwrite the store's own {clash[0]}")
+    # coords in memory: with compute=False only they are written, not the (dask) data
+    ds = ds.assign_coords({c: ds[c].load() for c in ds.coords if c not in ds.dims})
     enc = checksummed_zarr_encoding(ds)
-    for name, var in ds.data_vars.items():
-        if var.dims[:1] == (STEP,):
-            # one chunk per step: a step lands by writing (or moving) its own files
+    for name, var in ds.variables.items():
+        if name in ds.data_vars and var.dims[:1] == (STEP,):
+            # one chunk per step: a step lands by linking (or moving) its own files
             ds[name] = var.chunk({d: 1 if d == STEP else -1 for d in var.dims})
             enc[str(name)]["chunks"] = (1, *(max(1, n) for n in var.shape[1:]))
+        elif name not in STEP_COORDS:
+            enc[str(name)]["chunks"] = tuple(max(1, n) for n in var.shape)  # as in the parts
     out.own("zarr.json")
     for name in ds.variables:
         out.own(str(name))
     with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
         warnings.simplefilter("ignore")
+        # the arrays (and the coords' data); the variables' chunks are the parts' files
         ds.to_zarr(
             path,
             mode="a",
@@ -477,14 +487,24 @@ def _rewrite(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) 
             zarr_format=3,
             encoding=enc,
             write_empty_chunks=True,
+            compute=False,
         )
-    # what an incremental update compares new parts with
+        _fill(path, plan, ds)
+    state["coords"] = sorted(str(c) for c in ds.coords)
+    return state
+
+
+def _state_from_parts(
+    plan: RootPlan,
+) -> tuple[dict[str, Any], dict[tuple[int, str], dict[str, Any]]]:
+    """What an incremental update compares new parts with, from every part's metadata."""
     measures: dict[str, dict[str, Any]] = {}
     variables: dict[str, dict[str, Any]] = {}
     coord_sig: dict[str, str] = {}
+    descs = {}
     for s in plan.steps:
         for m, src in sorted(plan.sources[s].items()):
-            desc = _describe(src)
+            desc = descs[(s, m)] = _describe(src)
             entry = measures.setdefault(m, {"attrs": {}, "dropped": []})
             _combine(entry["attrs"], entry["dropped"], desc["attrs"])
             for name, info in desc["arrays"].items():
@@ -507,14 +527,118 @@ def _rewrite(path: Path, plan: RootPlan, out: Output, reserved: frozenset[str]) 
     for name, var in variables.items():
         var["holes"] = holes[name]
         var["promotes"] = _promotes(var["part_dtype"])
-    return {
+    state = {
         "steps": list(plan.steps),
         "sources": _sources_text(plan),
         "measures": measures,
         "vars": variables,
         "coord_sig": coord_sig,
-        "coords": sorted(str(c) for c in ds.coords),
     }
+    return state, descs
+
+
+def _create(
+    path: Path,
+    plan: RootPlan,
+    state: dict[str, Any],
+    descs: Mapping[tuple[int, str], Mapping[str, Any]],
+    out: Output,
+    reserved: frozenset[str],
+) -> None:
+    """Make the root from the parts' own arrays, when that is what xarray would write.
+
+    Every step has every variable and each coordinate is the same in every part: then a
+    variable's metadata is its part's with ``step`` put in front, and its chunks are the
+    parts' files. Anything else raises :class:`_Rewrite` (xarray writes the root).
+    """
+    import copy
+
+    variables: dict[str, dict[str, Any]] = state["vars"]
+    if any(v["holes"] for v in variables.values()):
+        raise _Rewrite
+    coords: dict[str, tuple[list[str], Path]] = {}  # name -> (dims, the part's array)
+    for (s, m), desc in descs.items():
+        for name, info in desc["arrays"].items():
+            if name in reserved or name in STEP_COORDS:
+                raise _Rewrite
+            if not info["data"]:
+                if info["sig"] != state["coord_sig"][name]:
+                    raise _Rewrite  # a coordinate differs between parts: outer join
+                coords.setdefault(name, (info["dims"], plan.sources[s][m] / name))
+    non_dim = {c: d for c, (d, _) in coords.items() if d != [c]}
+    non_dim.update({c: [STEP] for c in STEP_COORDS[1:]})
+    attached = set()
+    metas = {}
+    for name, var in variables.items():
+        s = next(st for st in plan.steps if var["measure"] in plan.sources[st])
+        meta = copy.deepcopy(_meta(plan.sources[s][var["measure"]] / name))
+        dims = [STEP, *meta.get("dimension_names", [])]
+        listed = sorted(c for c, d in non_dim.items() if c not in dims and set(d) <= set(dims))
+        attached |= set(listed)
+        cf = {k: v for k, v in meta.get("attributes", {}).items() if k == "_FillValue"}
+        meta["shape"] = [len(plan.steps), *meta["shape"]]
+        grid = meta["chunk_grid"]["configuration"]
+        grid["chunk_shape"] = [1, *grid["chunk_shape"]]
+        meta["dimension_names"] = dims
+        meta["attributes"] = {
+            **_var_attrs(state["measures"][var["measure"]], var),
+            **({"coordinates": " ".join(listed)} if listed else {}),
+            **cf,
+        }
+        metas[name] = meta
+    if set(non_dim) - attached:
+        raise _Rewrite  # a coordinate of no variable: xarray lists it on the group
+    out.own("zarr.json")
+    for name, (_, src) in coords.items():
+        out.own(name)
+        target = path / name
+        target.mkdir()
+        for f in src.rglob("*"):
+            if f.is_file():
+                dst = target / f.relative_to(src)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _link(f, dst)
+    for name, meta in metas.items():
+        out.own(name)
+        (path / name).mkdir()
+        _write_json(path / name / "zarr.json", meta)
+        for pos, step in enumerate(plan.steps):
+            src = plan.sources[step][variables[name]["measure"]] / name
+            if not _link_chunk(src, path / name, pos, meta):
+                raise _Rewrite
+    state["coords"] = sorted([*coords, *STEP_COORDS])
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _fill(path: Path, plan: RootPlan, ds: xr.Dataset) -> None:
+    """The data of every variable of a freshly made root: the parts' chunks, linked.
+
+    A variable stored with another dtype than its parts (an int with missing steps) is
+    written from ``ds`` instead, step by step.
+    """
+    import numpy as np
+    import zarr
+
+    metas = {str(name): _meta(path / str(name)) for name in ds.data_vars}
+    for pos, step in enumerate(plan.steps):
+        for _, src in sorted(plan.sources[step].items()):
+            for entry in sorted(os.scandir(src), key=lambda e: e.name):
+                name = entry.name
+                if name not in metas or not entry.is_dir():
+                    continue
+                if _link_chunk(Path(entry.path), path / name, pos, metas[name]):
+                    continue
+                dst = zarr.open_array(path / name, mode="r+", zarr_format=3)
+                dst = dst.with_config({"write_empty_chunks": True})
+                dst[pos, ...] = np.asarray(ds[name].isel({STEP: pos}).values).astype(
+                    dst.dtype, copy=False
+                )
 
 
 #: Chunk length of the ``step`` coords (fixed, so a store's bytes do not depend on history).

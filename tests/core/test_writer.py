@@ -621,6 +621,21 @@ def test_overwrite_keeps_files_a_user_added_to_a_trajectory_store(tmp_path):
     assert not list((path / "checkpoints").glob("step_*"))
 
 
+def test_overwrite_keeps_files_a_user_added_to_a_report(tmp_path):
+    """A report folder (index.html and figures, written in one piece like build_report)."""
+    path = tmp_path / "report"
+    for version in (1, 2):
+        out = prepare_output(path, kind="report", folder=True, overwrite=version > 1)
+        with out.writing() as tmp:
+            (tmp / "index.html").write_text(f"<!-- {marker_line('report')} --> v{version}")
+            (tmp / "fig.png").write_bytes(b"png")
+        if version == 1:
+            (path / "my-annotations.md").write_text("mine")
+    assert (path / "index.html").read_text().endswith("v2")
+    assert (path / "my-annotations.md").read_text() == "mine"
+    assert writer.verify_output(path) == []
+
+
 def test_overwrite_refuses_a_users_file_where_the_new_output_writes(tmp_path):
     path = tmp_path / "rel"
     out = prepare_output(path, kind="probes", folder=True)
