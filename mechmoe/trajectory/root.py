@@ -646,30 +646,57 @@ STEP_CHUNK = 4096
 
 
 def _write_in_place(path: Path, values: Mapping[str, Any]) -> bool:
-    """Write the step coords into their arrays if they have the right dtype; else ``False``."""
-    import numpy as np
-    import zarr
+    """Write the step coords into their arrays if they have the right dtype; else ``False``.
 
-    arrays = {}
+    Each is one chunk of :data:`STEP_CHUNK` values, encoded here as zarr encodes it
+    (little-endian bytes padded with the fill value, zstd level 0, CRC-32C appended):
+    the same bytes, without opening zarr arrays (tests/trajectory/test_root.py compares).
+    """
+    import numpy as np
+
+    metas = {}
     for name, data in values.items():
         try:
             meta = _meta(path / name)
-            arr = zarr.open_array(path / name, mode="r+", zarr_format=3)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             return False
-        if arr.dtype != data.dtype or meta["chunk_grid"]["configuration"]["chunk_shape"] != [
-            STEP_CHUNK
-        ]:
+        if (
+            meta.get("data_type") != _data_type(data.dtype)
+            or meta["chunk_grid"]["configuration"]["chunk_shape"] != [STEP_CHUNK]
+            or [c.get("name") for c in meta.get("codecs", [])] != ["bytes", "zstd", "crc32c"]
+            or len(data) > STEP_CHUNK
+        ):
             return False  # e.g. a longer revision name: the array is made again
-        arrays[name] = (meta, arr)
-    for name, (meta, arr) in arrays.items():
+        metas[name] = meta
+    for name, meta in metas.items():
         data = np.asarray(values[name])
+        fill = "" if data.dtype.kind == "U" else float(meta["fill_value"])
+        chunk = np.full(STEP_CHUNK, fill, dtype=data.dtype)
+        chunk[: len(data)] = data
+        (path / name / "c").mkdir(exist_ok=True)
+        (path / name / "c" / "0").write_bytes(_encode(chunk, meta))
         if meta["shape"] != [len(data)]:
             meta["shape"] = [len(data)]
             _write_json(path / name / "zarr.json", meta)
-            arr = zarr.open_array(path / name, mode="r+", zarr_format=3)
-        arr.with_config({"write_empty_chunks": True})[...] = data
     return True
+
+
+def _data_type(dtype: Any) -> Any:
+    if dtype.kind == "U":
+        return {"name": "fixed_length_utf32", "configuration": {"length_bytes": dtype.itemsize}}
+    return str(dtype)
+
+
+def _encode(chunk: Any, meta: Mapping[str, Any]) -> bytes:
+    """One chunk through the codecs ``bytes`` (little endian), ``zstd``, ``crc32c``."""
+    import google_crc32c
+    from numcodecs import Zstd
+
+    (zstd,) = [c for c in meta["codecs"] if c["name"] == "zstd"]
+    conf = zstd.get("configuration", {})
+    raw = chunk.astype(chunk.dtype.newbyteorder("<"), copy=False).tobytes()
+    packed = Zstd(level=conf.get("level", 0), checksum=conf.get("checksum", False)).encode(raw)
+    return bytes(packed) + google_crc32c.value(bytes(packed)).to_bytes(4, "little")
 
 
 def _finish(path: Path, plan: RootPlan, out: Output, state: Mapping[str, Any] | None) -> None:

@@ -182,3 +182,31 @@ def test_a_store_of_an_earlier_mechmoe_is_read_and_upgraded(tmp_path):
     before.attrs.pop("config")
     assert after.identical(before)
     same(path)
+
+
+def test_the_root_does_not_depend_on_its_history(tmp_path):
+    """Written step by step (first made from the parts, then updated in place), the root
+    has the bytes of a root written in one go from the same parts."""
+    import shutil
+
+    def tree(folder):
+        return {
+            str(f.relative_to(folder)): f.read_bytes()
+            for f in sorted(folder.rglob("*"))
+            if f.is_file() and not f.name.startswith(".")
+        }
+
+    path = tmp_path / "run.zarr"
+    store = TrajectoryStore.create_or_open(path, {"model": "x"}, {"m": {}, "n": {}})
+    for res in (
+        result(200, "h200", "m", "n"),
+        result(100, "h100", "m", "n"),
+        result(300, "h300", "m", "n"),
+    ):
+        store.write(res)
+    again = tmp_path / "again.zarr"
+    shutil.copytree(path, again)
+    (again / "root.json").unlink()  # forces a rewrite from the parts
+    TrajectoryStore.create_or_open(again, {"model": "x"}, {"m": {}, "n": {}}).sync_root()
+    assert tree(again) == tree(path)
+    same(again)
