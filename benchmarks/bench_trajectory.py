@@ -12,9 +12,10 @@
 3. Integrity: the local sweep with every part checksummed (crc32c codec, per-part
    manifest, verification before the sweep) and the plain-xarray root kept up to date,
    against the same sweep with all of that switched off (``MECHMOE_BENCH_PLAIN_STORE=1``),
-   alternating the two in fresh subprocesses; measures ``param_norm``, ``hit``,
-   ``neuron_lpi`` and ``routing`` (the store's largest variables). Also a resume of the
-   finished store (nothing left to compute: the time is verification and bookkeeping).
+   alternating the two in one process after a warm-up sweep; measures ``param_norm``,
+   ``hit``, ``neuron_lpi`` and ``routing`` (the store's largest variables). Wall and CPU
+   time per pair, the store's own time inside the same sweeps, and a resume of each
+   finished store (nothing left to compute: verification and bookkeeping).
 
     python benchmarks/bench_trajectory.py [--checkpoints 8] [--family olmoe] [--items 8]
 
@@ -161,7 +162,7 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=8)
     ap.add_argument("--family", default="olmoe")
     ap.add_argument("--items", type=int, default=8, help="probe items (country_capital_city)")
-    ap.add_argument("--repeats", type=int, default=5, help="pairs of the integrity comparison")
+    ap.add_argument("--repeats", type=int, default=8, help="pairs of the integrity comparison")
     ap.add_argument("--only", choices=("all", "integrity"), default="all")
     args = ap.parse_args()
     info = {
@@ -220,62 +221,119 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+INTEGRITY_CHILD = r"""
+import json, os, sys, time
+from pathlib import Path
+from mechmoe.probes import load_probe
+from mechmoe.trajectory import LocalCheckpoints, sweep
+from mechmoe.trajectory.sweep import ParameterNorm
+import mechmoe.trajectory.store as store_mod
+from transformers.utils import logging as hf_logging
+hf_logging.disable_progress_bar()
+spent = {"write": 0.0, "verify": 0.0, "root": 0.0}
+def timed(fn, key):
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - t
+    return wrapper
+for name, key in (("write", "write"), ("verify", "verify"), ("sync_root", "root")):
+    setattr(store_mod.TrajectoryStore, name, timed(getattr(store_mod.TrajectoryStore, name), key))
+ckpts, root, items, names, repeats = sys.argv[1:6]
+probe = load_probe("country_capital_city").head(int(items))
+measures = [ParameterNorm() if n == "param_norm" else n for n in names.split(",")]
+def one(kind, out):
+    if kind == "plain":
+        os.environ[store_mod.PLAIN_ENV] = "1"
+    else:
+        os.environ.pop(store_mod.PLAIN_ENV, None)
+    for key in spent:
+        spent[key] = 0.0
+    w0, c0 = time.perf_counter(), time.process_time()
+    s = sweep(LocalCheckpoints(ckpts), probe=probe, measures=measures, out=out)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    store, root_s = spent["write"] + spent["verify"], spent["root"]
+    w1 = time.perf_counter()
+    again = sweep(LocalCheckpoints(ckpts), probe=probe, measures=measures, out=out)
+    assert len(s.done) == len(again.skipped) and not s.failed
+    return {"wall": wall, "cpu": cpu, "store": store, "root": root_s,
+            "resume": time.perf_counter() - w1}
+one("plain", Path(root) / "warm-up.zarr")  # imports, first trace: paid before timing
+for i in range(int(repeats)):
+    order = ("plain", "checked") if i % 2 == 0 else ("checked", "plain")
+    pair = {kind: one(kind, Path(root) / f"{kind}-{i}.zarr") for kind in order}
+    print(json.dumps(pair), flush=True)
+"""
+
+
+def _disk_bytes(folder: Path) -> int:
+    """Bytes on disk of a folder's files, each hard-linked file counted once."""
+    seen, total = set(), 0
+    for p in folder.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
 def integrity(root: Path, ckpts: Path, args: argparse.Namespace) -> dict:
-    """Sweep seconds with and without checksums and the root, alternating, same checkpoints."""
+    """The same sweep with and without checksums and the root, alternating in one process.
+
+    After a warm-up sweep (imports, first trace), each pair runs the sweep into a fresh
+    store once plain and once checked (the order alternates), then resumes it (nothing
+    left to do). Ratios are per pair, then the median over pairs.
+    """
     import statistics
 
-    runs: dict[str, list[float]] = {"checked": [], "plain": []}
-    resume: dict[str, list[float]] = {"checked": [], "plain": []}
-    store_time: dict[str, list[float]] = {"checked": [], "plain": []}
-    root_time: list[float] = []
-    sizes: dict[str, int] = {}
+    work = root / "integrity"
+    work.mkdir()
     start = list(os.getloadavg())
-    for i in range(args.repeats):
-        order = ("plain", "checked") if i % 2 == 0 else ("checked", "plain")
-        for kind in order:
-            out = root / f"i-{kind}-{i}.zarr"
-            r = run_child(
-                ckpts, out, "local", 1, "all", args.items, INTEGRITY_MEASURES, kind == "plain"
-            )
-            runs[kind].append(r["seconds"])
-            store_time[kind].append(r["store"]["write"] + r["store"]["verify"])
-            if kind == "checked":
-                root_time.append(r["store"]["root"])
-            again = run_child(
-                ckpts, out, "local", 1, "all", args.items, INTEGRITY_MEASURES, kind == "plain"
-            )
-            resume[kind].append(again["seconds"])
-            sizes[kind] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-        print(
-            f"integrity pair {i + 1}: checked {runs['checked'][-1]:.2f} s, "
-            f"plain {runs['plain'][-1]:.2f} s",
-            flush=True,
-        )
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    res_med = {k: statistics.median(v) for k, v in resume.items()}
-    st_med = {k: statistics.median(v) for k, v in store_time.items()}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            INTEGRITY_CHILD,
+            str(ckpts),
+            str(work),
+            str(args.items),
+            INTEGRITY_MEASURES,
+            str(args.repeats),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pairs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    def med(f):
+        return statistics.median(f(p) for p in pairs)
+
     out = {
         "measures": INTEGRITY_MEASURES.split(","),
         "checkpoints": args.checkpoints,
-        "seconds": runs,
-        "median_seconds": med,
-        "overhead": med["checked"] / med["plain"] - 1.0,
-        # the store's own seconds (writing parts, root, verifying) in the same sweeps: the
-        # difference is what checksums and the root cost, without the compute's noise
-        "store_seconds": store_time,
-        "store_median_seconds": st_med,
-        "root_median_seconds": statistics.median(root_time),
-        "store_overhead_of_sweep": (st_med["checked"] - st_med["plain"]) / med["plain"],
-        "resume_seconds": resume,
-        "resume_median_seconds": res_med,
-        "store_bytes": sizes,
+        "pairs": pairs,
+        "wall_ratio_median": med(lambda p: p["checked"]["wall"] / p["plain"]["wall"]),
+        "cpu_ratio_median": med(lambda p: p["checked"]["cpu"] / p["plain"]["cpu"]),
+        # the store's own extra seconds (checksums, manifests, verification, the root) as a
+        # share of the sweep: measured inside the same sweeps, so free of the load's noise
+        "store_overhead_median": med(
+            lambda p: (p["checked"]["store"] - p["plain"]["store"]) / p["checked"]["wall"]
+        ),
+        "root_seconds_median": med(lambda p: p["checked"]["root"]),
+        "resume_ratio_median": med(lambda p: p["checked"]["resume"] / p["plain"]["resume"]),
+        "wall_seconds_median": {k: med(lambda p, k=k: p[k]["wall"]) for k in ("checked", "plain")},
+        "disk_bytes": {k: _disk_bytes(work / f"{k}-0.zarr") for k in ("checked", "plain")},
         "loadavg": [start, list(os.getloadavg())],
     }
     print(
-        f"integrity: sweep {med['checked']:.2f} s checked vs {med['plain']:.2f} s plain "
-        f"({100 * out['overhead']:+.1f}%); the store's own time {st_med['checked']:.2f} s vs "
-        f"{st_med['plain']:.2f} s ({100 * out['store_overhead_of_sweep']:+.1f}% of the sweep); "
-        f"resume {res_med['checked']:.2f} s vs {res_med['plain']:.2f} s",
+        f"integrity over {len(pairs)} pairs: wall {100 * (out['wall_ratio_median'] - 1):+.1f}%, "
+        f"CPU {100 * (out['cpu_ratio_median'] - 1):+.1f}%, the store's own extra time "
+        f"{100 * out['store_overhead_median']:.1f}% of the sweep (root "
+        f"{out['root_seconds_median']:.2f} s), resume {100 * (out['resume_ratio_median'] - 1):+.1f}%",
         flush=True,
     )
     return out

@@ -63,6 +63,9 @@ class RootPlan:
     attrs: dict[str, Any]
     assemble: Callable[[], xr.Dataset]
     tokens: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: ``{step: {measure: {path inside NAME.zarr: [size, crc32c]}}}`` from the parts'
+    #: records: spares reading coordinate chunks again to compare them
+    files: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class _Rewrite(Exception):
@@ -78,13 +81,20 @@ def _dtype_text(meta: Mapping[str, Any]) -> str:
     return json.dumps(meta.get("data_type"), sort_keys=True)
 
 
-def _describe(source: Path) -> dict[str, Any]:
+def _describe(source: Path, files: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A measure's part: its attrs; every array's dims, shape, dtype, attrs and role.
 
     Coordinates also get a signature of their values (sizes and checksums of their chunk
-    files), so a part whose coordinates differ from the root's is noticed.
+    files, from ``files`` when the part's record lists them), so a part whose
+    coordinates differ from the root's is noticed.
     """
     from mechmoe.core.writer import file_checksum
+
+    def checksum(rel: str, p: Path) -> tuple[int, str]:
+        entry = (files or {}).get(rel)
+        if entry is not None:
+            return int(entry[0]), str(entry[1])
+        return p.stat().st_size, file_checksum(p)
 
     group = _meta(source)
     arrays: dict[str, dict[str, Any]] = {}
@@ -111,7 +121,10 @@ def _describe(source: Path) -> dict[str, Any]:
                     info["shape"],
                     info["dtype"],
                     sorted(
-                        (p.relative_to(folder).as_posix(), p.stat().st_size, file_checksum(p))
+                        (
+                            p.relative_to(folder).as_posix(),
+                            *checksum(p.relative_to(source).as_posix(), p),
+                        )
                         for p in folder.rglob("*")
                         if p.is_file() and p.name != "zarr.json"
                     ),
@@ -255,14 +268,19 @@ def sync(
     if state is not None or (path / "zarr.json").exists():
         _save_state(out, {"state": "updating"})  # until the end: cut short, it is redone
     previous = dict(state) if usable and state is not None else None
+    members: dict[str, Any] | None = None
     try:
         if not usable or state is None:
             raise _Rewrite
-        new_state = _update(path, plan, state)
+        try:  # every array's metadata, as consolidated at the last update
+            members = dict(_meta(path)["consolidated_metadata"]["metadata"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise _Rewrite from None
+        new_state = _update(path, plan, state, members)
     except _Rewrite:
         new_state = _rewrite(path, plan, out, reserved)
-        previous = None
-    _finish(path, plan, out, previous)
+        previous, members = None, None
+    _finish(path, plan, out, previous, members)
     _save_state(out, {**new_state, **outline, "state": "clean"})
 
 
@@ -289,7 +307,9 @@ def _combine(into: dict[str, Any], dropped: list[str], attrs: Mapping[str, Any])
             into[key] = value
 
 
-def _update(path: Path, plan: RootPlan, state: dict[str, Any]) -> dict[str, Any]:
+def _update(
+    path: Path, plan: RootPlan, state: dict[str, Any], members: dict[str, Any]
+) -> dict[str, Any]:
     import numpy as np
     import zarr
 
@@ -315,7 +335,7 @@ def _update(path: Path, plan: RootPlan, state: dict[str, Any]) -> dict[str, Any]
     for s, m in added:
         if m not in measures:
             raise _Rewrite  # a new measure: new variables
-        desc = _describe(plan.sources[s][m])
+        desc = _describe(plan.sources[s][m], plan.files.get(s, {}).get(m))
         mine = {k: v for k, v in variables.items() if v["measure"] == m}
         if {k for k, v in desc["arrays"].items() if v["data"]} != set(mine):
             raise _Rewrite
@@ -360,7 +380,9 @@ def _update(path: Path, plan: RootPlan, state: dict[str, Any]) -> dict[str, Any]
     n = len(plan.steps)
     metas: dict[str, dict[str, Any]] = {}
     for name, var in variables.items():
-        meta = _meta(path / name)
+        if name not in members:
+            raise _Rewrite
+        meta = members[name]
         edited = meta["shape"][0] != n or name in changed
         meta["shape"][0] = n
         if name in changed:
@@ -504,7 +526,7 @@ def _state_from_parts(
     descs = {}
     for s in plan.steps:
         for m, src in sorted(plan.sources[s].items()):
-            desc = descs[(s, m)] = _describe(src)
+            desc = descs[(s, m)] = _describe(src, plan.files.get(s, {}).get(m))
             entry = measures.setdefault(m, {"attrs": {}, "dropped": []})
             _combine(entry["attrs"], entry["dropped"], desc["attrs"])
             for name, info in desc["arrays"].items():
@@ -645,7 +667,9 @@ def _fill(path: Path, plan: RootPlan, ds: xr.Dataset) -> None:
 STEP_CHUNK = 4096
 
 
-def _write_in_place(path: Path, values: Mapping[str, Any]) -> bool:
+def _write_in_place(
+    path: Path, values: Mapping[str, Any], members: dict[str, Any] | None = None
+) -> bool:
     """Write the step coords into their arrays if they have the right dtype; else ``False``.
 
     Each is one chunk of :data:`STEP_CHUNK` values, encoded here as zarr encodes it
@@ -657,8 +681,8 @@ def _write_in_place(path: Path, values: Mapping[str, Any]) -> bool:
     metas = {}
     for name, data in values.items():
         try:
-            meta = _meta(path / name)
-        except (OSError, ValueError):
+            meta = members[name] if members is not None else _meta(path / name)
+        except (OSError, ValueError, KeyError):
             return False
         if (
             meta.get("data_type") != _data_type(data.dtype)
@@ -699,8 +723,17 @@ def _encode(chunk: Any, meta: Mapping[str, Any]) -> bytes:
     return bytes(packed) + google_crc32c.value(bytes(packed)).to_bytes(4, "little")
 
 
-def _finish(path: Path, plan: RootPlan, out: Output, state: Mapping[str, Any] | None) -> None:
-    """Write the step coords (if they changed) and the group's attrs and consolidated metadata."""
+def _finish(
+    path: Path,
+    plan: RootPlan,
+    out: Output,
+    state: Mapping[str, Any] | None,
+    members: dict[str, Any] | None,
+) -> None:
+    """Write the step coords (if they changed) and the group's attrs and consolidated metadata.
+
+    ``members`` is every array's metadata as it now is (``None``: read them all).
+    """
     import numpy as np
     import xarray as xr
 
@@ -716,7 +749,12 @@ def _finish(path: Path, plan: RootPlan, out: Output, state: Mapping[str, Any] | 
         and state.get("coords_values") == json.loads(json.dumps(plan.coords))
         and all((path / name / "zarr.json").is_file() for name in STEP_COORDS)
     )
-    if not unchanged and not _write_in_place(path, values):
+    if unchanged:
+        pass
+    elif _write_in_place(path, values, members):
+        pass
+    else:
+        members = None
         for name in STEP_COORDS:
             _remove_tree(path / name)
         coords = xr.Dataset(
@@ -738,14 +776,16 @@ def _finish(path: Path, plan: RootPlan, out: Output, state: Mapping[str, Any] | 
         for name in STEP_COORDS:
             out.own(name)
     # the group: the Dataset's attrs, and every array's metadata consolidated in it
-    members = {}
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            meta = _meta(Path(entry.path))
-            if meta.get("node_type") == "array" and meta.get("zarr_format") == 3:
-                members[entry.name] = meta
+    if members is None:
+        members = {}
+        for entry in os.scandir(path):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                meta = _meta(Path(entry.path))
+                if meta.get("node_type") == "array" and meta.get("zarr_format") == 3:
+                    members[entry.name] = meta
+    members = dict(sorted(members.items()))
     group = {
         "attributes": json.loads(json.dumps(plan.attrs)),
         "zarr_format": 3,

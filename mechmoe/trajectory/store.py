@@ -495,7 +495,9 @@ class TrajectoryStore:
         self._out = _output
         self._replace: Output | None = None
         self._lock: contextlib.ExitStack | None = None
+        # the config and measure options of a store open for writing (only it changes them)
         self._config: dict[str, Any] | None = None
+        self._options: dict[str, dict[str, Any]] | None = None
         self.index = _scan(self.path, verify) if self.path.is_dir() else StoreIndex()
 
     # -- opening -------------------------------------------------------------------
@@ -555,6 +557,7 @@ class TrajectoryStore:
             raise
         store._lock = held
         store._config = config
+        store._options = store.measure_configs()
         return store
 
     def _open_existing(self, config: dict[str, Any], mconf: dict[str, dict[str, Any]]) -> None:
@@ -753,7 +756,7 @@ class TrajectoryStore:
         }
         plain = _plain()
         if not plain:
-            options = self.measure_configs()
+            options = self._options if self._options is not None else self.measure_configs()
             record["config"] = self._config or self.config()
             record["options"] = {n: options[n] for n in claims if n in options}
         folder = self.path / CHECKPOINTS / step_name(ckpt.step)
@@ -965,6 +968,7 @@ class TrajectoryStore:
         sources: dict[int, dict[str, Path]] = {}
         tokens: dict[int, dict[str, str]] = {}
         coords: dict[str, list[Any]] = {"tokens": [], "revision": [], "weights_hash": []}
+        files: dict[int, dict[str, dict[str, Any]]] = {}
         for step in self.index.measured():
             state = self.index.steps[step]
             found, marks = {}, {}
@@ -974,6 +978,11 @@ class TrajectoryStore:
                     part = next(p for p in state.parts if p.path == src)
                     found[m] = src / f"{m}.zarr"
                     marks[m] = f"{src.name}:{(part.record or {}).get('checksum', '')}"
+                    listed = (part.record or {}).get("files") or {}
+                    prefix = f"{m}.zarr/"
+                    files.setdefault(step, {})[m] = {
+                        k[len(prefix) :]: v for k, v in listed.items() if k.startswith(prefix)
+                    }
             if not found:
                 continue  # only measures that do not apply: no data at this step
             steps.append(step)
@@ -990,6 +999,7 @@ class TrajectoryStore:
             attrs=_store_attrs(self, steps, measures) if steps else {},
             assemble=lambda: _assemble(self.path, self.index, steps),
             tokens=tokens,
+            files=files,
         )
         _root.sync(self.path, plan, self._replacing(), RESERVED_NAMES, verify=verify)
 
@@ -1071,7 +1081,8 @@ def _open_part(path: Path) -> xr.Dataset:
 def _store_attrs(store: TrajectoryStore, steps: list[int], measures: list[str]) -> dict[str, Any]:
     """The attrs of :func:`open_store`'s Dataset (and of the root)."""
     index = store.index
-    config = store.config()
+    config = store._config or store.config()
+    options = store._options if store._options is not None else store.measure_configs()
     first = index.steps[steps[0]].record.get("model_attrs", {})
     attrs: dict[str, Any] = dict(first)
     attrs.setdefault("is_moe", 0)
@@ -1086,7 +1097,7 @@ def _store_attrs(store: TrajectoryStore, steps: list[int], measures: list[str]) 
             "dtype": config.get("dtype", ""),
             "device": config.get("device", ""),
             "config": json.dumps(config, sort_keys=True),
-            "options": json.dumps(store.measure_configs(), sort_keys=True),
+            "options": json.dumps(options, sort_keys=True),
             "measures": ",".join(measures),
             "duplicate_steps": ",".join(str(s) for s in sorted(index.duplicates)),
             "failed_steps": ",".join(str(s) for s in sorted(index.failures)),
