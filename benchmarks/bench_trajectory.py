@@ -178,7 +178,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpts = build(root, args.checkpoints, args.family)
-        results["integrity"] = integrity(root, ckpts, args)
+        results["integrity"] = integrity(root / "tiny-run", ckpts, args)
+        # the same on checkpoints closer to the demo's zoo (and still miniature)
+        medium = build(root, args.checkpoints, "olmoe", medium=True)
+        results["integrity_medium"] = integrity(root / "medium-run", medium, args)
         if args.only == "integrity":
             results["when_integrity"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             path.write_text(json.dumps(results, indent=2) + "\n")
@@ -201,7 +204,6 @@ def main() -> None:
         for r in throughput:
             r["ratio_vs_local"] = r["per_minute"] / base
         memory = []
-        medium = build(root, 8, "olmoe", medium=True)
         info["memory_model"] = "OLMoE 4 layers, d 256, 8 experts x 512 (14M params)"
         for n in (2, 4, 8):
             r = run_child(medium, root / f"m-{n}.zarr", "local", 1, f"first:{n}", args.items)
@@ -290,7 +292,7 @@ def integrity(root: Path, ckpts: Path, args: argparse.Namespace) -> dict:
     import statistics
 
     work = root / "integrity"
-    work.mkdir()
+    work.mkdir(parents=True)
     start = list(os.getloadavg())
     proc = subprocess.run(
         [

@@ -303,6 +303,7 @@ def _combine(into: dict[str, Any], dropped: list[str], attrs: Mapping[str, Any])
         if key in into and into[key] != value:
             del into[key]
             dropped.append(key)
+            dropped.sort()  # the bookkeeping does not depend on the order parts arrive in
         elif key not in into:
             into[key] = value
 
@@ -331,12 +332,12 @@ def _update(
         for m in sorted(plan.sources[s])
         if m not in old_sources.get(str(s), {})
     ]
-    described = {}
+    described: dict[tuple[int, str], dict[str, Any]] = {}
     for s, m in added:
         if m not in measures:
             raise _Rewrite  # a new measure: new variables
-        desc = _describe(plan.sources[s][m], plan.files.get(s, {}).get(m))
         mine = {k: v for k, v in variables.items() if v["measure"] == m}
+        desc = _describe(plan.sources[s][m], plan.files.get(s, {}).get(m))
         if {k for k, v in desc["arrays"].items() if v["data"]} != set(mine):
             raise _Rewrite
         for name, info in desc["arrays"].items():
