@@ -14,16 +14,9 @@ import sys
 import torch
 
 import mechmoe
+from mechmoe import BanExperts, ForceExperts, MaskHeads, SetTopK, ZeroNeurons, compose
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.ops.attribution import attribute
-from mechmoe.ops.interventions import (
-    BanExperts,
-    ForceExperts,
-    MaskHeads,
-    SetTopK,
-    ZeroNeurons,
-    compose,
-)
 from mechmoe.ops.robustness import head_robustness, rank_heads
 from mechmoe.probes import evaluate, load_probe, summarize
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from mechmoe.backends import Backend, RawCapture, RawLayer
-from mechmoe.core.edits import EditContext, apply_edits
+from mechmoe.core.edits import EditContext, Site, apply_edits
 from mechmoe.core.types import Batch, RouterOutput
 
 
@@ -37,7 +37,7 @@ class HooksBackend(Backend):
     """Captures and edits with ``register_forward_pre_hook`` / ``register_forward_hook``."""
 
     name: ClassVar[str] = "hooks"
-    sites: ClassVar[frozenset[str]] = frozenset({"resid_pre", "heads", "ffn_out"})
+    sites: ClassVar[frozenset[Site]] = frozenset({"resid_pre", "heads", "ffn_out"})
 
     def run(self, batch: Batch, edits: Sequence[Any], ctx: EditContext) -> RawCapture:
         model, spec = self.model, self.model.spec

@@ -1,21 +1,12 @@
-"""mechmoe's error classes, importable as ``mechmoe.errors`` (they live in :mod:`mechmoe.core.errors`)."""
+"""mechmoe's error classes, for users: ``from mechmoe.errors import MechmoeError``.
 
-from mechmoe.core.errors import DamagedFileError as DamagedFileError
-from mechmoe.core.errors import InvalidInputError as InvalidInputError
-from mechmoe.core.errors import InvalidTypeError as InvalidTypeError
-from mechmoe.core.errors import MechmoeError as MechmoeError
-from mechmoe.core.errors import ModelNotFoundError as ModelNotFoundError
-from mechmoe.core.errors import OutputError as OutputError
-from mechmoe.core.errors import SpecMismatchError as SpecMismatchError
-from mechmoe.core.errors import UnsupportedArchitectureError as UnsupportedArchitectureError
+This is the public path to them; they live in :mod:`mechmoe.core.errors` (the bottom
+layer, so every layer can raise them), and this module re-exports exactly that module's
+``__all__``. mechmoe's own modules import :mod:`mechmoe.core.errors` (a contract in
+``pyproject.toml`` keeps this alias out of them).
+"""
 
-__all__ = [
-    "DamagedFileError",
-    "InvalidInputError",
-    "InvalidTypeError",
-    "MechmoeError",
-    "ModelNotFoundError",
-    "OutputError",
-    "SpecMismatchError",
-    "UnsupportedArchitectureError",
-]
+from mechmoe.core import errors as _errors
+from mechmoe.core.errors import *  # noqa: F403
+
+__all__ = list(_errors.__all__)

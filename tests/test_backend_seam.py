@@ -29,7 +29,7 @@ def hooks_backend():
         sys.path.remove(str(ROOT / "examples"))
     base.register_backend("hooks", HooksBackend, replace=True)
     yield HooksBackend
-    base._REGISTERED.pop("hooks", None)
+    base.unregister_backend("hooks")
 
 
 def _max_diff(a, b) -> float:
@@ -79,7 +79,7 @@ def test_backend_registry_errors():
         mechmoe.load("tiny:llama", backend="nnsigt")
     with pytest.raises(InvalidInputError, match="already registered"):
         base.register_backend("nnsight", base.Backend)
-    assert {"nnsight", "transformerlens"} <= set(mechmoe.available_backends())
+    assert {"nnsight", "transformerlens"} <= set(mechmoe.list_backends())
 
 
 def test_missing_backend_library_names_the_install_command(monkeypatch):
@@ -95,37 +95,34 @@ def test_missing_backend_library_names_the_install_command(monkeypatch):
         mechmoe.load("tiny:llama", backend="transformerlens")
 
 
-def test_backends_from_entry_points(monkeypatch, hooks_backend):
-    from importlib.metadata import EntryPoint
-
-    ep = EntryPoint("viahooks", "hooks_backend:HooksBackend", base.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(base, "_entry_points", lambda: {"viahooks": ep})
+def test_backends_from_entry_points(installed, monkeypatch, hooks_backend):
+    installed({base.ENTRY_POINT_GROUP: {"viahooks": "hooks_backend:HooksBackend"}})
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     assert base.get_backend("viahooks").__name__ == "HooksBackend"
-    broken = EntryPoint("broken", "no_such_module_xyz:Backend", base.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(base, "_entry_points", lambda: {"broken": broken})
+    installed({base.ENTRY_POINT_GROUP: {"broken": "no_such_module_xyz:Backend"}})
     with pytest.raises(InvalidInputError, match="does not exist"):
         base.get_backend("broken")
 
 
 def test_named_sources(monkeypatch):
-    from mechmoe.model import loading
     from mechmoe.zoo.tiny import tiny_hf_model, tiny_tokenizer
 
-    assert {"tiny", "smollm2"} <= set(mechmoe.model.available_sources())
+    assert {"tiny", "smollm2"} <= set(mechmoe.model.list_sources())
     with pytest.raises(ModelNotFoundError, match="did you mean 'tiny'"):
         mechmoe.load("tinny:olmoe")
     with pytest.raises(InvalidInputError, match="no tiny model 'olmoe3'"):
         mechmoe.load("tiny:olmoe3")
     calls = []
-    monkeypatch.setattr(loading, "_SOURCES", {})
     mechmoe.register_source(
         "mine", lambda arg: calls.append(arg) or (tiny_hf_model("llama"), tiny_tokenizer())
     )
-    model = mechmoe.load("mine:v2", dtype=torch.float64)
-    assert calls == ["v2"] and model.name == "mine:v2" and model.dtype == torch.float64
-    with pytest.raises(InvalidInputError, match="exists"):
-        mechmoe.register_source("mine", lambda arg: None)
+    try:
+        model = mechmoe.load("mine:v2", dtype=torch.float64)
+        assert calls == ["v2"] and model.name == "mine:v2" and model.dtype == torch.float64
+        with pytest.raises(InvalidInputError, match="already registered"):
+            mechmoe.register_source("mine", lambda arg: None)
+    finally:
+        mechmoe.model.unregister_source("mine")
 
 
 def test_public_namespace_resolves_and_stays_light():

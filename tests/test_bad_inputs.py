@@ -31,6 +31,8 @@ from mechmoe.core.errors import (
     MechmoeError,
     ModelNotFoundError,
     OutputError,
+    RegistryTypeError,
+    UnknownSourceError,
 )
 from mechmoe.testing import save_tiny, smollm2_gguf
 
@@ -84,10 +86,17 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
     (root / "text.gguf").write_text("this is a text file, not a GGUF model\n")
     out["text_gguf"] = root / "text.gguf"
+    huge = root / "huge.txt"
+    with open(huge, "wb") as fh:  # sparse: a size over the limit, no disk used
+        fh.truncate(64 * 2**20 + 1)
+    out["huge_text"] = huge
+    if Path("/dev/zero").exists():
+        out["dev_zero"] = Path("/dev/zero")
     real = smollm2_gguf()
     if real is not None:
         (root / "cut.gguf").write_bytes(real.read_bytes()[:300_000])
         out["truncated_gguf"] = root / "cut.gguf"
+        out["smollm2"] = real
     return out
 
 
@@ -477,6 +486,87 @@ CASES = [
         "is being written by another mechmoe process",
         before_work=True,
     ),
+    # -- what load() and the registries are given -------------------------------------------
+    Case(
+        "api-load-an-int",
+        "api",
+        lambda t, f: _api("load", 123),
+        InvalidTypeError,
+        "load() takes a model name, a folder or file path, or an HF model (torch.nn.Module), got int",
+    ),
+    Case(
+        "api-load-none",
+        "api",
+        lambda t, f: _api("load", None),
+        InvalidTypeError,
+        "got None",
+    ),
+    Case(
+        "api-tokenizer-an-int",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", tokenizer=42),
+        InvalidTypeError,
+        "tokenizer= takes a tokenizer or a path, hub id or model name",
+    ),
+    Case(
+        "api-tokenizer-larger-than-the-vocabulary",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", tokenizer="smollm2"),
+        InvalidInputError,
+        "the tokenizer given has 49,152 tokens but 'tiny:olmoe' embeds only 416",
+        needs="smollm2",
+    ),
+    Case(
+        "cli-tokenizer-larger-than-the-vocabulary",
+        "cli",
+        lambda t, f: ["probe", "tiny:olmoe", "--tokenizer", "smollm2"],
+        InvalidInputError,
+        "pass the tokenizer the model was trained with",
+        needs="smollm2",
+    ),
+    Case(
+        "api-unknown-source",
+        "api",
+        lambda t, f: _api("load", "tinny:olmoe"),
+        UnknownSourceError,
+        "unknown model source 'tinny' (did you mean 'tiny'?)",
+    ),
+    Case(
+        "api-trust-remote-code-for-a-built-model",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", trust_remote_code=True),
+        InvalidInputError,
+        "comes already built, so drop trust_remote_code",
+    ),
+    Case(
+        "api-trust-remote-code-not-a-bool",
+        "api",
+        lambda t, f: _api("load", "tiny:olmoe", trust_remote_code="yes"),
+        InvalidTypeError,
+        "trust_remote_code= takes True or False, got str",
+    ),
+    Case(
+        "api-register-a-backend-that-is-not-one",
+        "api",
+        lambda t, f: _api("register_backend", "mine", 42),
+        RegistryTypeError,
+        "backend 'mine' is an int, not a Backend subclass",
+    ),
+    Case(
+        "api-sweep-with-a-revision",
+        "api",
+        lambda t, f: _api(
+            "sweep",
+            _local_checkpoints(f["good"].parent),
+            probe=[PROMPT],
+            measures=["hit"],
+            out=t / "run.zarr",
+            revision="step1",
+        ),
+        InvalidInputError,
+        "a sweep loads each checkpoint at its own revision",
+        before_work=True,
+    ),
     # -- relation files, template indices, gold-object prompt files (reliability-semantics) --
     Case(
         "cli-template-minus-one",
@@ -538,6 +628,117 @@ CASES = [
         InvalidInputError,
         "has a TAB but no object after it",
         before_work=True,
+    ),
+    # -- prompt files: one reader for every command (probes/prompt_file.py) -------------------
+    Case(
+        "cli-prompts-dev-zero",
+        "cli",
+        lambda t, f: _attribute_file("/dev/zero"),
+        InvalidInputError,
+        "is larger than 64 MiB (or never ends)",
+        before_work=True,
+        needs="dev_zero",
+    ),
+    Case(
+        "cli-prompts-huge-file",
+        "cli",
+        lambda t, f: ["route", "tiny:olmoe", "--ban", "0:1", "--prompts", str(f["huge_text"])],
+        InvalidInputError,
+        "is larger than 64 MiB",
+        before_work=True,
+    ),
+    Case(
+        "cli-prompts-binary-file",
+        "cli",
+        lambda t, f: ["adapters", "check", "tiny:llama", "--prompts", _prompts(t, b"a\x00b\n")],
+        InvalidInputError,
+        "holds NUL bytes",
+        before_work=True,
+    ),
+    Case(
+        "cli-prompts-folder",
+        "cli",
+        lambda t, f: _attribute_file(str(t)),
+        InvalidInputError,
+        "is a folder; give one file",
+        before_work=True,
+    ),
+    Case(
+        "cli-prompts-line-separators-are-not-line-ends",
+        "cli",
+        # U+2028, U+0085 and a form feed inside line 1 keep it one line, so the
+        # blank line is line 2 (str.splitlines would have called it line 5)
+        lambda t, f: _attribute_file(_prompts(t, "a\u2028b\u0085c\x0cd\n\ne\n".encode())),
+        InvalidInputError,
+        "line 2 of",
+        before_work=True,
+    ),
+    Case(
+        "cli-prompts-upper-case-json-is-a-relation",
+        "cli",
+        lambda t, f: _attribute_file(
+            _relation(t, [{"subject": "SNES", "object": "A|B"}], "R.JSON")
+        ),
+        InvalidInputError,
+        "has object 'A|B' with '|'",
+        before_work=True,
+    ),
+    Case(
+        "api-relation-nested-too-deeply",
+        "api",
+        lambda t, f: _load_relation(_nested(t)),
+        InvalidInputError,
+        "JSON nested too deeply",
+    ),
+    Case(
+        "api-read-prompts-dev-zero",
+        "api",
+        lambda t, f: _read_prompts("/dev/zero"),
+        InvalidInputError,
+        "is larger than 64 MiB (or never ends)",
+        needs="dev_zero",
+    ),
+    # -- options that take one of a few words (core/checks.py) -----------------------------------
+    Case(
+        "cli-level-typo-did-you-mean",
+        "cli",
+        lambda t, f: _attribute(t, "--level", "nueron"),
+        InvalidInputError,
+        "--level 'nueron': use one of neuron, expert, head, attn, ffn, layer (did you mean 'neuron'?)",
+        before_work=True,
+    ),
+    Case(
+        "cli-mask-mode",
+        "cli",
+        lambda t, f: ["mask-heads", "tiny:olmoe", "--heads", "0:1", "--mode", "max"],
+        InvalidInputError,
+        "--mode 'max': use one of zero, mean",
+        before_work=True,
+    ),
+    Case(
+        "cli-executor",
+        "cli",
+        lambda t, f: (
+            ["trajectory", "m", "-p", "adj_antonym", "-o", "r.zarr", "-c", "x"]
+            + ["--executor", "slurm"]
+        ),
+        InvalidInputError,
+        "--executor 'slurm': use one of local, dask",
+        before_work=True,
+    ),
+    Case(
+        "api-attribute-level-of-wrong-type",
+        "api",
+        lambda t, f: _attribute_api(level=3),
+        InvalidTypeError,
+        "level= takes one of 'neuron', 'expert', 'head', 'attn', 'ffn', 'layer', got int 3",
+    ),
+    Case(
+        "api-attribute-precision-typo",
+        "api",
+        lambda t, f: _attribute_api(level="head", precision="certifed"),
+        InvalidInputError,
+        "precision='certifed': use one of 'exact', 'certified', 'bounded' (did you mean 'certified'?)",
     ),
     Case(
         "cli-gold-line-with-two-tabs",
@@ -628,9 +829,24 @@ def _earlier_export(tmp: Path) -> Path:
     return path
 
 
-def _relation(tmp: Path, samples: list[dict[str, str]] | None = None) -> str:
+def _api(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """A call of the public function ``mechmoe.<name>``, made when the case runs."""
+    import mechmoe
+
+    return lambda: getattr(mechmoe, name)(*args, **kwargs)
+
+
+def _local_checkpoints(folder: Path) -> Any:
+    from mechmoe.trajectory import LocalCheckpoints
+
+    return LocalCheckpoints(folder)
+
+
+def _relation(
+    tmp: Path, samples: list[dict[str, str]] | None = None, name: str = "relation.json"
+) -> str:
     """An LRE relation file in ``tmp``; by default a valid one."""
-    path = tmp / "relation.json"
+    path = tmp / name
     rel = {
         "name": "adjective antonym",
         "prompt_templates": ["The opposite of {} is"],
@@ -639,6 +855,30 @@ def _relation(tmp: Path, samples: list[dict[str, str]] | None = None) -> str:
     }
     path.write_text(json.dumps(rel))
     return str(path)
+
+
+def _attribute_file(path: str) -> list[str]:
+    return ["attribute", "tiny:llama", "--prompts", path, "--level", "ffn"]
+
+
+def _nested(tmp: Path) -> str:
+    path = tmp / "deep.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    return str(path)
+
+
+def _read_prompts(path: str) -> Callable[[], Any]:
+    from mechmoe.probes import read_prompts
+
+    return lambda: read_prompts(path)
+
+
+def _attribute_api(**options: Any) -> Callable[[], Any]:
+    from mechmoe.ops.attribution import attribute
+    from mechmoe.testing import tiny_model
+
+    model = tiny_model("llama")
+    return lambda: attribute(model, [PROMPT], **options)
 
 
 def _load_relation(path: str, **kwargs: Any) -> Callable[[], Any]:
@@ -729,12 +969,16 @@ def test_tokenizer_option_loads_a_checkpoint_without_one(files):
         assert model.tokenizer(PROMPT)["input_ids"] == good.tokenizer(PROMPT)["input_ids"]
         got = model.capture([PROMPT]).logits.numpy()
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-    res = runner.invoke(
-        app,
-        ["adapters", "check", str(files["no_tokenizer"]), "--tokenizer", str(files["good"])],
-    )
-    assert res.exit_code == 0, res.output
-    assert "pass" in res.output
+    # a model name works as a tokenizer too (the tiny models share the tokenizer saved here)
+    model = mechmoe.load(files["no_tokenizer"], tokenizer="tiny:llama")
+    got = model.capture([PROMPT]).logits.numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    for tokenizer in (str(files["good"]), "tiny:llama"):
+        res = runner.invoke(
+            app, ["adapters", "check", str(files["no_tokenizer"]), "--tokenizer", tokenizer]
+        )
+        assert res.exit_code == 0, res.output
+        assert "pass" in res.output
 
 
 def test_overwrite_replaces_an_earlier_result(tmp_path):
@@ -760,12 +1004,12 @@ def test_overwrite_replaces_an_earlier_result(tmp_path):
 
 
 def test_bom_is_not_part_of_the_first_prompt(tmp_path):
-    from mechmoe.cli.attribute import read_prompts
+    from mechmoe.probes import read_prompts
 
     path = tmp_path / "p.txt"
     path.write_bytes("\ufeffThe capital of France is\nRome is in\n".encode())
-    prompts, objects = read_prompts(path)
-    assert prompts == ["The capital of France is", "Rome is in"] and objects is None
+    read = read_prompts(path)
+    assert read.prompts == ("The capital of France is", "Rome is in") and read.objects is None
 
 
 def test_version_alone_exits_0():

@@ -1,8 +1,8 @@
 """The package's layering holds: import-linter's contracts in pyproject.toml, and no cycle.
 
 A module that imports a layer above its own (even lazily, inside a function), production
-code that imports the test fixtures, or a backend library imported outside its backend
-module fails this test, with import-linter's report of the offending import chain. Any
+code that imports the test fixtures, a backend library imported outside its backend
+module, or torch imported by the command line or the statistics themselves fails this test, with import-linter's report of the offending import chain. Any
 import cycle among the package's modules fails it too, wherever the imports sit: at the
 top, inside a function, or under ``if TYPE_CHECKING:``.
 """
@@ -134,6 +134,31 @@ def test_layering_check_catches_an_upward_import(tmp_path):
     )
     assert run.returncode != 0
     assert "mechmoe.core is not allowed to import mechmoe.ops" in run.stdout
+
+
+def test_torch_contract_catches_a_direct_import_in_the_cli(tmp_path):
+    """The torch contract is live: a command module that imports torch itself breaks it."""
+    pytest.importorskip("importlinter")
+    pkg = _copy_package(tmp_path)
+    with open(pkg / "cli" / "report.py", "a") as fh:
+        fh.write("\nimport torch  # noqa: E402,F401\n")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, '.'); "
+            "from importlinter.cli import lint_imports; "
+            "sys.exit(lint_imports(no_cache=True, no_logo=True))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode != 0
+    assert "mechmoe.cli is not allowed to import torch" in run.stdout, run.stdout[-3000:]
+    assert "mechmoe.cli.report -> torch" in run.stdout
 
 
 def test_no_import_cycle():

@@ -71,7 +71,7 @@ def test_unsupported_architecture_fails_before_weights(tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "model.safetensors").unlink()  # would fail loudly if weights were read
     with pytest.raises(
-        UnsupportedArchitectureError, match="MambaForCausalLM.*supported: .*LlamaForCausalLM"
+        UnsupportedArchitectureError, match="MambaForCausalLM.*known: .*LlamaForCausalLM"
     ):
         mechmoe.load(folder)
 

@@ -1,117 +1,84 @@
-"""Adapter registry keyed by HF ``architectures`` names.
+"""The adapter registry, keyed by HF ``architectures`` names (a :class:`~mechmoe.core.registry.Registry`).
 
-Built-in specs are registered as ``"module:attr"`` strings and imported on first use;
-third-party packages add families through the ``mechmoe.adapters`` entry-point group
-(each entry point names an :class:`AdapterSpec`) or by calling :func:`register_adapter`.
+Built-in specs are ``"module:attr"`` strings imported on first use; third-party packages
+add families through the ``mechmoe.adapters`` entry-point group (each entry point names
+an :class:`AdapterSpec`, registered under the spec's ``architectures``) or by calling
+:func:`register_adapter`.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-from importlib.metadata import entry_points
-
 from mechmoe.adapters.spec import AdapterSpec
+from mechmoe.core.checks import entry_point
 from mechmoe.core.errors import UnsupportedArchitectureError
+from mechmoe.core.registry import Registry, deprecated_alias
 
 ENTRY_POINT_GROUP = "mechmoe.adapters"
 
-_BUILTIN: dict[str, str] = {
-    "OlmoeForCausalLM": "mechmoe.adapters.olmoe:SPEC",
-    "MixtralForCausalLM": "mechmoe.adapters.mixtral:SPEC",
-    "Qwen2MoeForCausalLM": "mechmoe.adapters.qwen_moe:QWEN2_MOE",
-    "Qwen3MoeForCausalLM": "mechmoe.adapters.qwen_moe:QWEN3_MOE",
-    "OlmoForCausalLM": "mechmoe.adapters.olmo:SPEC",
-    "Olmo2ForCausalLM": "mechmoe.adapters.olmo2:SPEC",
-    "LlamaForCausalLM": "mechmoe.adapters.llama:SPEC",
-    "Qwen2ForCausalLM": "mechmoe.adapters.qwen2:SPEC",
-    "GPT2LMHeadModel": "mechmoe.adapters.gpt2:SPEC",
-}
-
-_registered: dict[str, AdapterSpec] = {}
-_entry_points_loaded = False
-
 ADD_ADAPTER_HINT = (
-    "to add one, write an AdapterSpec (see docs/adapters.md) and call "
+    "no adapter handles it: to add one, write an AdapterSpec (see docs/adapters.md) and call "
     "mechmoe.register_adapter(spec) or expose it in the 'mechmoe.adapters' entry-point group"
 )
 
+ADAPTERS: Registry[AdapterSpec] = Registry(
+    "adapter",
+    noun="architecture",
+    group=ENTRY_POINT_GROUP,
+    check=lambda obj: isinstance(obj, AdapterSpec),
+    expected="an AdapterSpec",
+    keys=lambda spec: spec.architectures,
+    unknown=UnsupportedArchitectureError,
+    how_to_add=ADD_ADAPTER_HINT,
+    builtins={
+        "GPT2LMHeadModel": "mechmoe.adapters.gpt2:SPEC",
+        "LlamaForCausalLM": "mechmoe.adapters.llama:SPEC",
+        "MixtralForCausalLM": "mechmoe.adapters.mixtral:SPEC",
+        "Olmo2ForCausalLM": "mechmoe.adapters.olmo2:SPEC",
+        "OlmoForCausalLM": "mechmoe.adapters.olmo:SPEC",
+        "OlmoeForCausalLM": "mechmoe.adapters.olmoe:SPEC",
+        "Qwen2ForCausalLM": "mechmoe.adapters.qwen2:SPEC",
+        "Qwen2MoeForCausalLM": "mechmoe.adapters.qwen_moe:QWEN2_MOE",
+        "Qwen3MoeForCausalLM": "mechmoe.adapters.qwen_moe:QWEN3_MOE",
+    },
+)
 
-def _import_target(target: str) -> AdapterSpec:
-    module_name, _, attr = target.partition(":")
-    spec = getattr(importlib.import_module(module_name), attr)
-    if not isinstance(spec, AdapterSpec):
-        raise TypeError(f"{target} is a {type(spec).__name__}, not an AdapterSpec")
-    return spec
 
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        spec = ep.load()
-        if not isinstance(spec, AdapterSpec):
-            raise TypeError(
-                f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r} gives a "
-                f"{type(spec).__name__}, not an AdapterSpec"
-            )
-        register_adapter(spec)
-
-
+@entry_point
 def register_adapter(spec: AdapterSpec, *, replace: bool = False) -> AdapterSpec:
     """Register ``spec`` under each of its architecture names.
 
-    Raises ``ValueError`` if a name is already taken, unless ``replace=True``.
+    A name already known raises :class:`~mechmoe.core.errors.DuplicateNameError` (also a
+    ``ValueError``) unless ``replace=True``; then nothing is registered.
     """
-    for arch in spec.architectures:
-        taken = arch in _registered or arch in _BUILTIN
-        if taken and not replace:
-            raise ValueError(
-                f"an adapter for {arch!r} is already registered; pass replace=True to override it"
-            )
-    for arch in spec.architectures:
-        _registered[arch] = spec
-        _BUILTIN.pop(arch, None)
+    ADAPTERS.register(None, spec, replace=replace)
     return spec
 
 
 def unregister_adapter(architecture: str) -> None:
-    """Remove a registered (non built-in) adapter; a no-op for unknown names."""
-    _registered.pop(architecture, None)
+    """Forget a registered adapter (a built-in it replaced comes back); a no-op for
+    names that were not registered."""
+    ADAPTERS.unregister(architecture)
 
 
-def supported_architectures() -> list[str]:
-    """Every architecture name with an adapter, sorted."""
-    _load_entry_points()
-    return sorted({*_BUILTIN, *_registered})
+def list_adapters() -> list[str]:
+    """Every architecture name with an adapter: built-ins, then others sorted.
+
+    Installed entry points are imported to learn their architectures.
+    """
+    return ADAPTERS.names()
 
 
+@entry_point
 def get_adapter(architecture: str) -> AdapterSpec:
     """The spec for an HF architecture name such as ``"OlmoeForCausalLM"``."""
-    _load_entry_points()
-    if architecture in _registered:
-        return _registered[architecture]
-    if architecture in _BUILTIN:
-        spec = _import_target(_BUILTIN[architecture])
-        _registered[architecture] = spec
-        return spec
-    known = supported_architectures()
-    close = difflib.get_close_matches(architecture, known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise UnsupportedArchitectureError(
-        f"no adapter for architecture {architecture!r}{hint}; supported: {', '.join(known)}; "
-        + ADD_ADAPTER_HINT
-    )
+    return ADAPTERS.get(architecture)
 
 
-def list_adapters() -> list[tuple[str, AdapterSpec]]:
-    """``(architecture, spec)`` pairs for every known family, sorted by name."""
-    return [(arch, get_adapter(arch)) for arch in supported_architectures()]
+supported_architectures = deprecated_alias(list_adapters, "supported_architectures")
 
 
 __all__ = [
+    "ADAPTERS",
     "ENTRY_POINT_GROUP",
     "get_adapter",
     "list_adapters",

@@ -20,13 +20,22 @@ Examples
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import xarray as xr
 
-from mechmoe._types import EXPERT, EXPERT_B, LAYER, RELATION, SLOT, STEP, TOKEN
+from mechmoe._types import (
+    EXPERT,
+    EXPERT_B,
+    LAYER,
+    RELATION,
+    SLOT,
+    STEP,
+    TOKEN,
+    CoactivationNorm,
+    SaturationReference,
+)
 from mechmoe.analysis._common import NotApplicableError
+from mechmoe.core.checks import check_choice, entry_point
 from mechmoe.core.errors import InvalidInputError
 
 
@@ -84,7 +93,10 @@ def _membership(choice: np.ndarray, n_experts: int) -> np.ndarray:
     return member[:, :n_experts]
 
 
-def router_saturation(ds: xr.Dataset, *, reference: str | int = "final") -> xr.DataArray:
+@entry_point
+def router_saturation(
+    ds: xr.Dataset, *, reference: SaturationReference | int = "final"
+) -> xr.DataArray:
     """Overlap of each step's top-k choices with a reference checkpoint's, per layer.
 
     For token ``i`` at layer ``l``, with ``A`` its chosen experts at step ``t`` and ``B``
@@ -102,10 +114,7 @@ def router_saturation(ds: xr.Dataset, *, reference: str | int = "final") -> xr.D
     values = np.asarray(rc.values)
     n_steps, _, n_layers, k = values.shape
     if isinstance(reference, str):
-        if reference not in ("final", "previous"):
-            raise InvalidInputError(
-                f"reference={reference!r}: use 'final', 'previous' or a step number"
-            )
+        check_choice(reference, SaturationReference, name="reference", note="or a step number")
         ref_index = None if reference == "previous" else n_steps - 1
     else:
         steps = [int(x) for x in rc[STEP].values] if STEP in rc.coords else list(range(n_steps))
@@ -146,11 +155,12 @@ def _step_index(rc: xr.DataArray, step: int | None) -> int:
     return steps.index(step)
 
 
+@entry_point
 def coactivation(
     ds: xr.Dataset,
     step: int | None = None,
     *,
-    normalize: Literal["conditional", "count"] = "conditional",
+    normalize: CoactivationNorm = "conditional",
 ) -> xr.DataArray:
     """How often two experts of a layer are chosen together for one token, at one step.
 
@@ -171,8 +181,7 @@ def coactivation(
     xarray.DataArray
         ``coactivation`` over (``layer``, ``expert``, ``expert_b``), attr ``step``.
     """
-    if normalize not in ("conditional", "count"):
-        raise InvalidInputError(f"normalize={normalize!r}: use 'conditional' or 'count'")
+    check_choice(normalize, CoactivationNorm, name="normalize")
     rc = _routing(ds, "coactivation")
     i = _step_index(rc, step)
     choice = np.asarray(rc.isel({STEP: i}).values)  # (token, layer, slot)

@@ -16,9 +16,6 @@ complete minimal backend.
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,9 +25,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechmoe.core.edits import SITES, EditContext, needs_of, sites_of
-from mechmoe.core.errors import InvalidInputError, MechmoeError
+from mechmoe.core.checks import entry_point
+from mechmoe.core.edits import SITES, EditContext, Site, needs_of, sites_of
+from mechmoe.core.errors import InvalidInputError, InvalidTypeError, MechmoeError
 from mechmoe.core.interventions import as_edits
+from mechmoe.core.registry import Lazy, Registry, deprecated_alias
 from mechmoe.core.types import Batch, Capture, FFNWeights, LayerCapture, ModelView, RouterOutput
 
 ENTRY_POINT_GROUP = "mechmoe.backends"
@@ -92,7 +91,7 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     #: The edit sites this backend can apply (class default; an instance may narrow it).
-    sites: frozenset[str] = frozenset(SITES)
+    sites: frozenset[Site] = frozenset(SITES)
 
     def __init__(self, model: ModelView, native: Any = None) -> None:
         self.model = model
@@ -102,83 +101,85 @@ class Backend(ABC):
     def run(self, batch: Batch, edits: Sequence[Any], ctx: EditContext) -> RawCapture:
         """One forward pass over ``batch`` with ``edits`` applied."""
 
+    @classmethod
+    def unwrap(cls, native: Any, *, tokenizer: Any = None) -> tuple[Any, Any, str]:
+        """The HF model, tokenizer and default name inside ``native``, an object of the
+        backend's library the user already built (:func:`mechmoe.wrap`).
+
+        A backend that can reuse such objects overrides this (the TransformerLens backend
+        unpacks a ``TransformerBridge``); ``tokenizer`` replaces the object's own.
+        """
+        raise InvalidInputError(
+            f"the {cls.name!r} backend cannot wrap a {type(native).__name__}; load the model "
+            "with mechmoe.load instead"
+        )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model.name})"
 
 
 # ---- registry --------------------------------------------------------------------------
 
-_BUILTIN: dict[str, tuple[str, str, str]] = {
-    # name: ("module:Class", the library it needs, how to install that library)
-    "nnsight": ("mechmoe.backends.nnsight:NnsightBackend", "nnsight", "pip install nnsight"),
-    "transformerlens": (
-        "mechmoe.backends.transformerlens:TransformerLensBackend",
-        "transformer_lens",
-        "pip install 'mechmoe[tl]' (TransformerLens 4.3)",
-    ),
-}
-_REGISTERED: dict[str, type[Backend] | str] = {}
+BACKENDS: Registry[type[Backend]] = Registry(
+    "backend",
+    group=ENTRY_POINT_GROUP,
+    check=lambda obj: isinstance(obj, type) and issubclass(obj, Backend),
+    expected="a Backend subclass",
+    builtins={
+        "nnsight": Lazy(
+            "mechmoe.backends.nnsight:NnsightBackend", "nnsight", "pip install nnsight"
+        ),
+        "transformerlens": Lazy(
+            "mechmoe.backends.transformerlens:TransformerLensBackend",
+            "transformer_lens",
+            "pip install 'mechmoe[tl]' (TransformerLens 4.3)",
+        ),
+    },
+    how_to_add="register one with mechmoe.register_backend or the 'mechmoe.backends' "
+    "entry-point group (docs/backends.md)",
+)
 
 
+@entry_point
 def register_backend(name: str, backend: type[Backend] | str, *, replace: bool = False) -> None:
     """Make ``backend`` (a :class:`Backend` subclass or a ``"module:Class"`` string)
     available as ``load(..., backend=name)``."""
-    if not replace and (name in _REGISTERED or name in _BUILTIN):
-        raise InvalidInputError(
-            f"a backend named {name!r} is already registered; pass replace=True to override it"
-        )
-    _REGISTERED[name] = backend
+    BACKENDS.register(name, backend, replace=replace)
 
 
-def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def available_backends() -> list[str]:
-    """Names of every known backend (whether or not its dependency is installed)."""
-    return sorted({*_BUILTIN, *_REGISTERED, *_entry_points()})
+def unregister_backend(name: str) -> None:
+    """Forget a registered backend (a built-in it replaced comes back)."""
+    BACKENDS.unregister(name)
 
 
-def _missing(name: str, library: str, how: str) -> MechmoeError:
-    return MechmoeError(f"the {name!r} backend needs {library}, which is not installed: {how}")
+def list_backends() -> list[str]:
+    """Names of every known backend (whether or not its library is installed)."""
+    return BACKENDS.names()
 
 
-def _import(target: str, name: str) -> type[Backend]:
-    module, _, attr = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as err:
-        if err.name and (module == err.name or module.startswith(err.name + ".")):
-            raise InvalidInputError(
-                f"backend {name!r} points to {target!r}, which does not exist"
-            ) from None
-        raise _missing(
-            name, repr(err.name), f"install the package that provides {err.name!r}"
-        ) from None
-
-
+@entry_point
 def get_backend(name: str) -> type[Backend]:
-    """The backend class registered as ``name``."""
-    if not isinstance(name, str):
-        raise InvalidInputError(f"backend= takes a name, got {type(name).__name__}")
-    found = _REGISTERED.get(name)
-    if found is not None:
-        return found if not isinstance(found, str) else _import(found, name)
-    if name in _BUILTIN:
-        target, library, how = _BUILTIN[name]
-        # the library is imported lazily (it is slow to import), so check it is there now
-        if importlib.util.find_spec(library) is None:
-            raise _missing(name, library, how)
-        return _import(target, name)
-    eps = _entry_points()
-    if name in eps:
-        return _import(eps[name].value, name)
-    names = available_backends()
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise InvalidInputError(f"unknown backend {name!r}{hint} Available: {', '.join(names)}")
+    """The backend class registered as ``name``; a missing library is named with the
+    command that installs it."""
+    return BACKENDS.get(name)
+
+
+def backend_for_native(native: Any) -> str:
+    """The built-in backend that wraps ``native`` (an object of its library), by the
+    library the object's class comes from; :func:`mechmoe.wrap` uses it when no backend is
+    named."""
+    library = type(native).__module__.partition(".")[0]
+    for name, lazy in BACKENDS.builtin_entries():
+        if lazy.requires == library:
+            return name
+    raise InvalidTypeError(
+        f"wrap() takes an object a backend runs on (of the built-in backends: a TransformerLens "
+        f"TransformerBridge), got a {type(native).__name__}; wrap an HF model with "
+        "mechmoe.load(model, tokenizer=...), or pass backend= naming a backend that unwraps it"
+    )
+
+
+available_backends = deprecated_alias(list_backends, "available_backends")
 
 
 # ---- the capture pass ------------------------------------------------------------------
@@ -290,8 +291,12 @@ __all__ = [
     "Backend",
     "RawCapture",
     "RawLayer",
+    "BACKENDS",
     "available_backends",
+    "backend_for_native",
     "capture",
     "get_backend",
+    "list_backends",
     "register_backend",
+    "unregister_backend",
 ]

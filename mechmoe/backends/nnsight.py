@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from mechmoe.backends.base import Backend, RawCapture, RawLayer
-from mechmoe.core.edits import SITES, EditContext, apply_edits
+from mechmoe.core.edits import SITES, EditContext, Site, apply_edits
 from mechmoe.core.types import Batch, RouterOutput
 
 
@@ -37,7 +37,7 @@ class NnsightBackend(Backend):
     """Captures and edits through one ``nnsight`` trace per batch."""
 
     name: ClassVar[str] = "nnsight"
-    sites: frozenset[str] = frozenset(SITES)
+    sites: frozenset[Site] = frozenset(SITES)
 
     @property
     def envoy(self) -> Any:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mechmoe._types import Positions
+from mechmoe.core.checks import check_choice
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.types import Batch
 
@@ -83,6 +85,7 @@ def make_batch(model: Model, prompts: Sequence[str], *, positions: Any = "last")
 def _positions(positions: Any, lengths: list[int], seq: int) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(lengths)
     if isinstance(positions, str):
+        check_choice(positions, Positions, name="positions", note="or a list of token indices")
         if positions == "last":
             return torch.full((n, 1), seq - 1, dtype=torch.long), torch.ones(
                 (n, 1), dtype=torch.bool
@@ -91,9 +94,6 @@ def _positions(positions: Any, lengths: list[int], seq: int) -> tuple[torch.Tens
             pos = torch.arange(seq).expand(n, seq).clone()
             valid = torch.stack([torch.arange(seq) >= seq - length for length in lengths])
             return pos, valid
-        raise InvalidInputError(
-            f"positions={positions!r}: use 'last', 'all' or a list of token indices"
-        )
     try:
         idx = [int(p) for p in positions]
     except (TypeError, ValueError):

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from mechmoe.backends.base import Backend, RawCapture, RawLayer
-from mechmoe.core.edits import SITES, EditContext, apply_edits
+from mechmoe.core.edits import SITES, EditContext, Site, apply_edits
 from mechmoe.core.errors import InvalidInputError, InvalidTypeError, MechmoeError
 from mechmoe.core.types import Batch, ModelView, RouterOutput
 
@@ -198,7 +198,12 @@ class TransformerLensBackend(Backend):
     """
 
     name: ClassVar[str] = "transformerlens"
-    sites: frozenset[str] = frozenset(SITES)
+    sites: frozenset[Site] = frozenset(SITES)
+
+    @classmethod
+    def unwrap(cls, native: Any, *, tokenizer: Any = None) -> tuple[Any, Any, str]:
+        """A ``TransformerBridge``'s HF model, tokenizer and name (:func:`bridge_parts`)."""
+        return bridge_parts(native, tokenizer=tokenizer)
 
     def __init__(self, model: ModelView, native: Any = None) -> None:
         super().__init__(model, native)

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from mechmoe.cli._common import (
-    BackendOpt,
-    DeviceOpt,
-    DtypeOpt,
-    RevisionOpt,
-    TokenizerOpt,
-    console,
-    fail,
-    load_model,
-    run_user_errors,
-)
+from mechmoe._types import Positions
+from mechmoe.adapters import get_adapter, list_adapters
+from mechmoe.cli._common import PromptsOpt, choice, console
+from mechmoe.cli._inputs import read_prompts_noting
+from mechmoe.cli._loading import load_model, load_options
+from mechmoe.model import LoadOptions
+from mechmoe.ops.conformance import IDENTITIES, check_model
+from mechmoe.zoo.tiny import TINY_FAMILIES
 
 app = typer.Typer(
     help="Model-family adapters: list them, check them on a model.", no_args_is_help=True
 )
 
+PositionsOpt = choice(Positions, "--positions", help="'all' tokens (default) or only the 'last'.")
+
 
 @app.command("list")
-@run_user_errors
 def list_cmd() -> None:
     """List every registered adapter and what its spec says."""
-    from mechmoe.adapters import list_adapters
-
     table = Table(title="mechmoe adapters")
     for col in ("architecture", "adapter", "FFN", "norm", "post-norms", "description"):
         table.add_column(col)
-    for arch, spec in list_adapters():
+    for arch in list_adapters():
+        spec = get_adapter(arch)
         ffn = "MoE" if spec.moe else "dense"
         if spec.moe and spec.dense:
             ffn = "MoE (+dense layers)"
@@ -47,8 +43,9 @@ def list_cmd() -> None:
 
 
 @app.command("check")
-@run_user_errors
+@load_options()
 def check_cmd(
+    options: LoadOptions,
     models: Annotated[
         list[str] | None,
         typer.Argument(
@@ -57,24 +54,12 @@ def check_cmd(
             show_default=False,
         ),
     ] = None,
-    revision: RevisionOpt = None,
-    device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "float32",
-    tokenizer: TokenizerOpt = None,
-    backend: BackendOpt = "nnsight",
-    prompts: Annotated[
-        Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")
-    ] = None,
-    positions: Annotated[
-        str, typer.Option("--positions", help="'all' tokens (default) or only the 'last'.")
-    ] = "all",
+    prompts: PromptsOpt = None,
+    positions: PositionsOpt = "all",
 ) -> None:
     """Check the five conformance identities and print the worst error of each."""
-    from mechmoe.ops.conformance import IDENTITIES, check_model
-    from mechmoe.zoo.tiny import TINY_FAMILIES
-
     names = models or [f"tiny:{f}" for f in TINY_FAMILIES]
-    prompt_list = _read_prompts(prompts) if prompts else None
+    prompt_list = list(read_prompts_noting(prompts).prompts) if prompts else None
     table = Table(title="conformance (worst |error|; ✓ within tolerance × max(1, scale))")
     table.add_column("model")
     table.add_column("adapter")
@@ -83,14 +68,7 @@ def check_cmd(
     table.add_column("result")
     all_ok = True
     for name in names:
-        model = load_model(
-            name,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            tokenizer=tokenizer,
-            backend=backend,
-        )
+        model = load_model(name, options)
         report = check_model(model, prompt_list, positions=positions)
         cells = []
         for r in report.results:
@@ -103,21 +81,6 @@ def check_cmd(
     console.print("  ".join(f"[bold]{k}[/]: {v}" for k, v in IDENTITIES.items()), style="dim")
     if not all_ok:
         raise typer.Exit(1)
-
-
-def _read_prompts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise fail(f"prompt file {str(path)!r} does not exist")
-    try:
-        # utf-8-sig: a byte-order mark is not part of the first prompt
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise fail(f"prompt file {str(path)!r} is not UTF-8 text") from None
-    lines = [line.strip() for line in text.splitlines()]
-    prompts = [line for line in lines if line]
-    if not prompts:
-        raise fail(f"prompt file {str(path)!r} has no prompts (one prompt a line)")
-    return prompts
 
 
 __all__ = ["app"]

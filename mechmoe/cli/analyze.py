@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import xarray as xr
+from rich.table import Table
 
-from mechmoe.cli._common import console, err_console, run_user_errors
+from mechmoe.analysis import headline, summarize_run
+from mechmoe.cli._common import console, err_console
+from mechmoe.core.errors import InvalidInputError
+from mechmoe.ops.results import check_output_path, save_result
+from mechmoe.report.headline import counted, headline_rows
+from mechmoe.trajectory import open_store
+
+app = typer.Typer()
 
 RunArg = Annotated[
     Path, typer.Argument(help="Trajectory store (.zarr) written by 'mechmoe trajectory'.")
@@ -57,8 +66,6 @@ OverwriteOpt = Annotated[
 
 
 def _names(names: str | None, paths: list[Path]) -> list[str]:
-    from mechmoe.core.errors import InvalidInputError
-
     if names is not None:
         out = [n.strip() for n in names.split(",")]
         if len(out) != len(paths) or len(set(out)) != len(out) or not all(out):
@@ -84,15 +91,13 @@ def _spread_row(heads: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     ]
 
 
-def _rows(stores: list[Any], heads: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def _rows(stores: list[xr.Dataset], heads: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """The headline table's rows: :func:`mechmoe.report.headline_rows` (what ``mechmoe demo``
     prints and the report draws) at the one masked-head count, plus the control's spread."""
-    from mechmoe.report.headline import headline_rows
-
     return headline_rows(stores, [heads], extra=_spread_row(heads))
 
 
-@run_user_errors
+@app.command("analyze")
 def analyze(
     run: RunArg,
     compare: CompareOpt = None,
@@ -106,14 +111,6 @@ def analyze(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Statistics of a trajectory store: backbone, consolidation, robustness, routing."""
-    from rich.table import Table
-
-    from mechmoe.analysis import headline, summarize_run
-    from mechmoe.core.errors import InvalidInputError
-    from mechmoe.ops.results import check_output_path, save_result
-    from mechmoe.report.headline import counted
-    from mechmoe.trajectory import open_store
-
     if compare_out is not None and compare is None:
         raise InvalidInputError("--compare-out needs --compare STORE: there is no compared run")
     if not 0 < q <= 1:
@@ -155,4 +152,4 @@ def analyze(
             console.print(f"wrote {path}", highlight=False)
 
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "app"]

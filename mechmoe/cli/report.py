@@ -7,10 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mechmoe.cli._common import console, run_user_errors
+from mechmoe.cli._common import console
+from mechmoe.core.errors import InvalidInputError
+from mechmoe.report import build_report
+
+app = typer.Typer()
 
 
-@run_user_errors
+@app.command("report")
 def report(
     run: Annotated[
         Path, typer.Argument(help="Trajectory store (.zarr) written by 'mechmoe trajectory'.")
@@ -41,9 +45,6 @@ def report(
     ] = False,
 ) -> None:
     """Write OUT/index.html (figures inlined) and one PNG per figure."""
-    from mechmoe.core.errors import InvalidInputError
-    from mechmoe.report import build_report
-
     labels = None
     if names is not None:
         labels = [n.strip() for n in names.split(",")]
@@ -54,3 +55,6 @@ def report(
         run, compare, out, names=labels, q=q, tau=tau, n_masked=n_masked, overwrite=overwrite
     )
     console.print(f"report: {index}", highlight=False, soft_wrap=True)
+
+
+__all__ = ["app", "report"]

@@ -6,22 +6,35 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from mechmoe.cli._common import (
-    BackendOpt,
-    DtypeOpt,
-    OverwriteOpt,
-    TokenizerOpt,
-    console,
-    run_user_errors,
+from mechmoe._types import Executor
+from mechmoe.cli._common import OverwriteOpt, choice, console
+from mechmoe.cli._inputs import load_probe_noting
+from mechmoe.cli._loading import LOAD_OPTIONS, load_options
+from mechmoe.core.errors import InvalidInputError
+from mechmoe.core.writer import prepare_output, recognize
+from mechmoe.model import LoadOptions
+from mechmoe.trajectory import HubRevisions, LocalCheckpoints, SweepSummary, sweep
+from mechmoe.trajectory.measures import DEFAULT_MEASURES
+from mechmoe.trajectory.store import KIND, Status, export_netcdf
+
+app = typer.Typer()
+
+#: The load options a sweep takes: all but the revision (each checkpoint is its own).
+SWEEP_LOAD_OPTIONS = tuple(name for name in LOAD_OPTIONS if name != "revision")
+ExecutorOpt = choice(
+    Executor, "--executor", help="local (one process) or dask (a cluster of workers)."
 )
 
 #: Rows of the per-checkpoint table above which only failures and duplicates are listed.
 MAX_ROWS = 40
 
 
-@run_user_errors
+@app.command("trajectory")
+@load_options(fields=SWEEP_LOAD_OPTIONS)
 def trajectory(
+    options: LoadOptions,
     model: Annotated[
         str,
         typer.Argument(
@@ -76,21 +89,13 @@ def trajectory(
         int | None,
         typer.Option("--probe-items", help="Use only the first N items of each relation.", min=1),
     ] = None,
-    executor: Annotated[
-        str, typer.Option("--executor", help="local (one process) or dask (a cluster of workers).")
-    ] = "local",
+    executor: ExecutorOpt = "local",
     workers: Annotated[
         int, typer.Option("--workers", "-w", help="Dask workers of a LocalCluster.", min=1)
     ] = 1,
     scheduler: Annotated[
         str | None,
         typer.Option("--scheduler", help="Address of a running Dask scheduler (tcp://host:8786)."),
-    ] = None,
-    dtype: DtypeOpt = "float32",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "cpu",
-    device_map: Annotated[
-        str | None,
-        typer.Option("--device-map", help="Passed to from_pretrained, e.g. 'auto' for big models."),
     ] = None,
     threads: Annotated[
         int | None,
@@ -101,8 +106,6 @@ def trajectory(
             min=1,
         ),
     ] = None,
-    tokenizer: TokenizerOpt = None,
-    backend: BackendOpt = "nnsight",
     export_nc: Annotated[
         Path | None,
         typer.Option("--export-nc", help="Also write the whole store to this netCDF file."),
@@ -117,11 +120,6 @@ def trajectory(
 
     Exits 1 if a checkpoint failed: it is recorded in the store and retried next time.
     """
-    from mechmoe.core.errors import InvalidInputError
-    from mechmoe.core.writer import prepare_output
-    from mechmoe.trajectory import HubRevisions, LocalCheckpoints, sweep
-    from mechmoe.trajectory.store import KIND, export_netcdf
-
     if revisions is None and checkpoints is None:
         raise InvalidInputError(
             "say where the checkpoints are: --revisions SPEC (hub branches) or --checkpoints DIR"
@@ -130,7 +128,7 @@ def trajectory(
     if export_nc is not None:
         _check_export(export_nc, out, overwrite)
     names = _measure_names(measures)
-    probe_set = _probe(probe, probe_items)
+    probe_set = load_probe_noting(probe, limit=probe_items)
     if checkpoints is not None:
         source = LocalCheckpoints(checkpoints, select=revisions or "all")
     else:
@@ -144,13 +142,9 @@ def trajectory(
         executor=executor,  # type: ignore[arg-type]
         workers=workers,
         scheduler=scheduler,
-        dtype=dtype,
-        device=device,
-        device_map=device_map,
         threads=threads,
-        tokenizer=tokenizer,
-        backend=backend,
         overwrite=overwrite,
+        options=options,
     )
     _print_summary(summary)
     if export_nc is not None:
@@ -162,10 +156,6 @@ def trajectory(
 
 def _check_export(export_nc: Path, out: Path, overwrite: bool) -> None:
     """--export-nc names a new .nc file (or, with --overwrite, an earlier export)."""
-    from mechmoe.core.errors import InvalidInputError
-    from mechmoe.core.writer import prepare_output, recognize
-    from mechmoe.trajectory.store import KIND
-
     if export_nc.expanduser().absolute() == out.expanduser().absolute():
         raise InvalidInputError(
             f"--export-nc {str(export_nc)!r} is the store itself (--out); name a netCDF file "
@@ -182,9 +172,6 @@ def _check_export(export_nc: Path, out: Path, overwrite: bool) -> None:
 
 
 def _measure_names(text: str) -> list[str]:
-    from mechmoe.core.errors import InvalidInputError
-    from mechmoe.trajectory.measures import DEFAULT_MEASURES
-
     if text.strip().lower() == "all":
         return list(DEFAULT_MEASURES)
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -193,20 +180,7 @@ def _measure_names(text: str) -> list[str]:
     return names
 
 
-def _probe(spec: str, items: int | None):  # type: ignore[no-untyped-def]
-    from mechmoe.probes import load_probe
-
-    probe = load_probe(spec)
-    if items is not None:
-        probe = probe.head(items, per_relation=True)
-    return probe
-
-
-def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
-    from rich.table import Table
-
-    from mechmoe.trajectory.store import Status
-
+def _print_summary(summary: SweepSummary) -> None:
     rows = summary.rows()
     notable = (Status.FAILED, Status.DUPLICATE)
     shown = rows if len(rows) <= MAX_ROWS else [r for r in rows if r[2] in notable]
@@ -240,3 +214,6 @@ def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
         console.print(
             "[red]failed checkpoints are recorded in the store; rerun the same command to retry them[/]"
         )
+
+
+__all__ = ["app", "trajectory"]

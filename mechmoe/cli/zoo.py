@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 import typer
+from rich.table import Table
 
-from mechmoe.cli._common import console, run_user_errors
+from mechmoe._types import ModelKind
+from mechmoe.cli._common import choice, console
+from mechmoe.core.checks import choice_values
+from mechmoe.zoo.corpus import MAIN_RELATION, CorpusConfig
+from mechmoe.zoo.pretrain import Zoo, ZooConfig, pretrain, zoo_at
 
 app = typer.Typer(
     help="The miniature zoo: a tiny OLMoE and a tiny dense OLMo pre-trained here, with checkpoints.",
     no_args_is_help=True,
 )
 
-KindOpt = Annotated[str, typer.Option("--kind", help="Which model to train: moe, dense or both.")]
+KindOpt = choice(
+    Literal[ModelKind, "both"], "--kind", help="Which model to train: moe, dense or both."
+)
 RootOpt = Annotated[
     Path | None,
     typer.Option(
@@ -40,21 +48,11 @@ RetrainOpt = Annotated[
 
 
 def _kinds(kind: str) -> tuple[str, ...]:
-    from mechmoe.core.errors import InvalidInputError
-
-    if kind == "both":
-        return ("moe", "dense")
-    if kind in ("moe", "dense"):
-        return (kind,)
-    raise InvalidInputError(f"--kind {kind!r} is not one of moe, dense, both")
+    return choice_values(ModelKind) if kind == "both" else (kind,)
 
 
-def print_zoo(zoo: Any, kinds: tuple[str, ...]) -> None:
+def print_zoo(zoo: Zoo, kinds: tuple[str, ...]) -> None:
     """Table of the trained models: sizes, speed, loss and held-out HIT@k at the end."""
-    from rich.table import Table
-
-    from mechmoe.zoo.corpus import MAIN_RELATION
-
     k = zoo.config.eval_k
     table = Table(title=f"zoo {zoo.config.digest}  ({zoo.root})")
     for col in ("model", "architecture", "params", "active/token", "steps", "steps/s",
@@ -85,7 +83,6 @@ def print_zoo(zoo: Any, kinds: tuple[str, ...]) -> None:
 
 
 @app.command("pretrain")
-@run_user_errors
 def pretrain_cmd(
     kind: KindOpt = "both",
     root: RootOpt = None,
@@ -95,11 +92,6 @@ def pretrain_cmd(
     retrain: RetrainOpt = False,
 ) -> None:
     """Train the miniature pair (cached: a second run returns at once) and print a summary."""
-    from dataclasses import replace
-
-    from mechmoe.zoo.corpus import CorpusConfig
-    from mechmoe.zoo.pretrain import ZooConfig, pretrain
-
     kinds = _kinds(kind)
     base = ZooConfig()
     config = replace(
@@ -109,20 +101,17 @@ def pretrain_cmd(
         threads=threads,
         max_steps=max_steps,
     )
-    zoo = pretrain(config, root=root, kinds=kinds, retrain=retrain)
+    zoo = pretrain(config, root=root, kinds=kinds, retrain=retrain)  # type: ignore[arg-type]
     print_zoo(zoo, kinds)
 
 
 @app.command("path")
-@run_user_errors
 def path_cmd(root: RootOpt = None, seed: SeedOpt = 0, max_steps: StepsOpt = None) -> None:
     """Print where the zoo of these settings is (or will be) cached."""
-    from dataclasses import replace
-
-    from mechmoe.zoo.corpus import CorpusConfig
-    from mechmoe.zoo.pretrain import ZooConfig, zoo_at
-
     config = replace(ZooConfig(), corpus=CorpusConfig(seed=seed), seed=seed, max_steps=max_steps)
     zoo = zoo_at(config, root)
     console.print(str(zoo.root), highlight=False, soft_wrap=True)
     print_zoo(zoo, ("moe", "dense"))
+
+
+__all__ = ["app", "print_zoo"]

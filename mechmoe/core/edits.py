@@ -23,9 +23,9 @@ site             value
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
@@ -37,6 +37,11 @@ SITES: tuple[Site, ...] = ("resid_pre", "heads", "router", "experts_out", "ffn_o
 
 Need = Literal["ffn_in", "routing"]
 NEEDS: frozenset[Need] = frozenset({"ffn_in", "routing"})
+
+_T = TypeVar("_T")
+
+#: a site's value: a tensor, or the router's output at ``router``
+SiteValue = Tensor | RouterOutput
 
 
 @runtime_checkable
@@ -51,11 +56,13 @@ class Edit(Protocol):
     ``site`` at ``layer`` (or ``None`` to leave it).
     """
 
-    sites: frozenset[str]
+    sites: frozenset[Site]
 
-    def validate(self, model: Any) -> None: ...
+    def validate(self, model: ModelView) -> None: ...
 
-    def apply(self, site: str, layer: int, value: Any, ctx: EditContext) -> Any: ...
+    def apply(
+        self, site: Site, layer: int, value: SiteValue, ctx: EditContext
+    ) -> SiteValue | None: ...
 
 
 @dataclass
@@ -69,7 +76,7 @@ class EditContext:
 
     model: ModelView
     batch: Batch
-    needs: frozenset[str] = frozenset()
+    needs: frozenset[Need] = frozenset()
     _ffn_in: dict[int, Tensor] = field(default_factory=dict, repr=False)
     _routing: dict[int, RouterOutput] = field(default_factory=dict, repr=False)
 
@@ -81,42 +88,44 @@ class EditContext:
 
     def ffn_in(self, layer: int) -> Tensor:
         """Layer ``layer``'s FFN input as ``(batch·seq, d_model)``."""
-        try:
-            return self._ffn_in[layer]
-        except KeyError:
-            raise InvalidInputError(
-                f"the FFN input of layer {layer} was not recorded in this pass: an edit that "
-                "reads it must declare needs = frozenset({'ffn_in'}) and run after the FFN input"
-            ) from None
+        missing = (
+            "an edit that reads it must declare needs = frozenset({'ffn_in'}) "
+            "and run after the FFN input"
+        )
+        return _recorded(self._ffn_in, layer, f"the FFN input of layer {layer}", missing)
 
     def routing(self, layer: int) -> RouterOutput:
         """The routing layer ``layer`` used in this pass (after any router edit)."""
-        try:
-            return self._routing[layer]
-        except KeyError:
-            raise InvalidInputError(
-                f"no routing was recorded for layer {layer} in this pass: it is dense, or an "
-                "edit that reads routing did not declare needs = frozenset({'routing'})"
-            ) from None
+        missing = "it is dense, or an edit that reads routing did not declare needs = frozenset({'routing'})"
+        return _recorded(self._routing, layer, f"the routing of layer {layer}", missing)
 
 
-def needs_of(edits: Sequence[Any]) -> frozenset[str]:
-    """Everything ``edits`` read besides their sites' values."""
-    out: set[str] = set()
+def _recorded(table: Mapping[int, _T], layer: int, what: str, why: str) -> _T:
+    if layer not in table:
+        raise InvalidInputError(f"{what} was not recorded in this pass: {why}")
+    return table[layer]
+
+
+def needs_of(edits: Sequence[Edit]) -> frozenset[Need]:
+    """Everything ``edits`` read besides their sites' values (all of :data:`NEEDS` for an
+    edit that declares no ``needs``)."""
+    out: set[Need] = set()
     for e in edits:
         out |= set(getattr(e, "needs", NEEDS))
     return frozenset(out)
 
 
-def sites_of(edits: Sequence[Any]) -> frozenset[str]:
+def sites_of(edits: Sequence[Edit]) -> frozenset[Site]:
     """Every site ``edits`` touch."""
-    out: set[str] = set()
+    out: set[Site] = set()
     for e in edits:
         out |= set(e.sites)
     return frozenset(out)
 
 
-def apply_edits(edits: Sequence[Any], site: str, layer: int, value: Any, ctx: EditContext) -> Any:
+def apply_edits(
+    edits: Sequence[Edit], site: Site, layer: int, value: SiteValue, ctx: EditContext
+) -> SiteValue:
     """Run the edits registered for ``site`` on ``value``, in order."""
     for e in edits:
         if site in e.sites:
@@ -133,6 +142,7 @@ __all__ = [
     "EditContext",
     "Need",
     "Site",
+    "SiteValue",
     "apply_edits",
     "needs_of",
     "sites_of",

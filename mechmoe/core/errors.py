@@ -12,10 +12,6 @@ class MechmoeError(Exception):
     """Base class of every error caused by the user's input."""
 
 
-class UnsupportedArchitectureError(MechmoeError):
-    """The model's architecture has no registered adapter."""
-
-
 class ModelNotFoundError(MechmoeError):
     """A model name, path or revision does not exist."""
 
@@ -40,6 +36,42 @@ class InvalidTypeError(InvalidInputError, TypeError):
     """A Python argument of the wrong type (also a :class:`TypeError`)."""
 
 
+class RegistryError(InvalidInputError):
+    """A name that cannot be registered or looked up in one of mechmoe's registries
+    (adapters, backends, model sources, measures; :mod:`mechmoe.core.registry`), or what a
+    name leads to cannot be used."""
+
+
+class UnknownNameError(RegistryError, LookupError):
+    """No entry of that name; the message suggests the closest known one."""
+
+
+class UnsupportedArchitectureError(UnknownNameError):
+    """The model's architecture has no registered adapter."""
+
+
+class UnknownSourceError(UnknownNameError, ModelNotFoundError):
+    """``load("NAME:…")`` names no model source (also a :class:`ModelNotFoundError`)."""
+
+
+class DuplicateNameError(RegistryError, ValueError):
+    """A name already taken; registering it again needs ``replace=True``."""
+
+
+class InvalidNameError(RegistryError, ValueError):
+    """A name a registry cannot hold (e.g. a measure name that is not an identifier)."""
+
+
+class RegistryTypeError(RegistryError, InvalidTypeError):
+    """What was registered, or what a name leads to, is not of the kind the registry
+    holds (also a :class:`TypeError`)."""
+
+
+class MissingDependencyError(RegistryError):
+    """A registered entry needs a library that is not installed; the message says how
+    to install it."""
+
+
 class OutputError(InvalidInputError):
     """An output path that cannot be written safely, or a write that failed (disk full).
 
@@ -51,11 +83,18 @@ class OutputError(InvalidInputError):
 
 __all__ = [
     "DamagedFileError",
+    "DuplicateNameError",
     "InvalidInputError",
+    "InvalidNameError",
     "InvalidTypeError",
     "MechmoeError",
+    "MissingDependencyError",
     "ModelNotFoundError",
     "OutputError",
+    "RegistryError",
+    "RegistryTypeError",
     "SpecMismatchError",
+    "UnknownNameError",
+    "UnknownSourceError",
     "UnsupportedArchitectureError",
 ]

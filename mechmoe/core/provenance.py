@@ -48,6 +48,7 @@ RESERVED: frozenset[str] = frozenset(
         "is_moe",
         "top_k",
         "n_experts",
+        "load_options",
         "weights_hash",
         "probe",
         "probe_hash",
@@ -281,6 +282,9 @@ def _model_attrs(model: Any, *, weights: bool | str) -> dict[str, Attr]:
         dtype = None
     if dtype is not None:
         out["dtype"] = str(dtype).removeprefix("torch.")
+    load_options = getattr(model, "load_options", None)
+    if load_options is not None:
+        out["load_options"] = options_json(load_options.describe())
     for key in ("step", "tokens"):
         value = getattr(model, key, None)
         if value is not None:
@@ -309,7 +313,8 @@ def provenance(
         A :class:`mechmoe.Model` (or anything with ``name``/``revision``; a torch module
         for the weights hash), or ``None``. Gives ``model``, ``revision``, ``adapter``,
         ``backend``, ``dtype``, ``is_moe``/``top_k``/``n_experts`` (1 for dense), ``step``/``tokens``
-        when the handle carries them, and ``weights_hash``.
+        when the handle carries them, ``load_options`` (the JSON of the options
+        :func:`mechmoe.load` used, when it built the handle) and ``weights_hash``.
     probe
         A :class:`mechmoe.probes.ProbeSet` or a list of prompts: ``probe`` (relation names,
         comma-joined; ``""`` for plain prompts), ``probe_hash`` (see :func:`probe_hash`) and

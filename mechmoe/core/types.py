@@ -4,7 +4,8 @@ Sizes (:class:`ModelDims`), weight views in one canonical layout (:class:`NormPa
 :class:`FFNWeights`), a tokenized :class:`Batch`, the record of one forward pass
 (:class:`Capture`, :class:`LayerCapture`), typed site values (:class:`RouterOutput`) and
 :class:`ModelView`, the part of the model handle that backends and edits may use. Nothing
-here imports a backend or anything of mechmoe above :mod:`mechmoe._types`.
+here imports a backend or anything of mechmoe above :mod:`mechmoe._types` (the routing
+request :meth:`ModelView.reroute` takes is named for type checkers only).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from mechmoe._types import LayerKind, NormKind
 
 if TYPE_CHECKING:
     import xarray as xr
+
+    from mechmoe.core.interventions.request import RoutingRequest
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,58 @@ class RouterOutput:
 
 
 @runtime_checkable
+class MoELayout(Protocol):
+    """What the layers below the adapters read of an MoE block's spec: paths relative to
+    the decoder layer (:class:`mechmoe.adapters.MoESpec` has them)."""
+
+    @property
+    def router(self) -> str: ...
+
+    @property
+    def experts(self) -> str: ...
+
+    @property
+    def shared(self) -> object | None: ...
+
+
+@runtime_checkable
+class SpecView(Protocol):
+    """What the layers below the adapters read of an adapter spec: its name and module
+    paths (:class:`mechmoe.adapters.AdapterSpec` has them; paths relative to the model,
+    or to one decoder layer for the per-layer ones)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def layers(self) -> str: ...
+
+    @property
+    def final_norm(self) -> str: ...
+
+    @property
+    def unembed(self) -> str: ...
+
+    @property
+    def attn_out_proj(self) -> str: ...
+
+    @property
+    def attn_out_norm(self) -> str | None: ...
+
+    @property
+    def ffn_in_norm(self) -> str | None: ...
+
+    @property
+    def ffn(self) -> str: ...
+
+    @property
+    def ffn_out_norm(self) -> str | None: ...
+
+    @property
+    def moe(self) -> MoELayout | None: ...
+
+
+@runtime_checkable
 class ModelView(Protocol):
     """What backends, edits and value types may use of a model handle.
 
@@ -221,7 +276,7 @@ class ModelView(Protocol):
 
     name: str
     revision: str | None
-    spec: Any  # the model's mechmoe.adapters.AdapterSpec
+    spec: SpecView
     dims: ModelDims
     hf: Any
     tokenizer: Any
@@ -242,6 +297,11 @@ class ModelView(Protocol):
 
     def renormalizes(self) -> bool: ...
 
+    def reroute(self, layer: int, router: RouterOutput, request: RoutingRequest) -> RouterOutput:
+        """The routing of MoE layer ``layer`` under a merged routing request, re-derived by
+        the model's own rule from the router's output (``router``)."""
+        ...
+
     def module(self, layer: int, path: str) -> Any: ...
 
 
@@ -252,6 +312,8 @@ __all__ = [
     "LayerCapture",
     "ModelDims",
     "ModelView",
+    "MoELayout",
     "NormParams",
     "RouterOutput",
+    "SpecView",
 ]

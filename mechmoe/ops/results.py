@@ -61,7 +61,11 @@ class TopItem:
     tokens: tuple[str, ...] = ()
 
 
-def _label(level: str, layer: int, expert: Any, neuron: Any, head: Any, *, dense: bool) -> str:
+def _label(
+    level: str, layer: int, expert: Any, neuron: Any, head: Any, *, dense: bool, sublayer: Any
+) -> str:
+    if level == "layer":  # both sub-layers ranked together: L3 attn, L1 ffn
+        return f"L{layer} {sublayer}"
     if level == "neuron":
         return f"L{layer} N{neuron}" if dense else f"L{layer} E{expert} N{neuron}"
     if level == "expert":
@@ -71,6 +75,11 @@ def _label(level: str, layer: int, expert: Any, neuron: Any, head: Any, *, dense
     return f"L{layer} {level}"
 
 
+def _coord(value: Any) -> Any:
+    # indices are ints; the sublayer of level="layer" is a name
+    return int(value) if isinstance(value, (int, np.integer)) else str(value)
+
+
 def _candidates(ds: xr.Dataset) -> list[tuple[float, dict[str, Any]]]:
     level = ds.attrs.get("level", "")
     out: list[tuple[float, dict[str, Any]]] = []
@@ -78,7 +87,7 @@ def _candidates(ds: xr.Dataset) -> list[tuple[float, dict[str, Any]]]:
     values = score.values
     for flat in np.flatnonzero(np.isfinite(values)):
         pos = np.unravel_index(flat, values.shape)
-        item = {dim: int(ds[dim].values[i]) for dim, i in zip(score.dims, pos, strict=True)}
+        item = {dim: _coord(ds[dim].values[i]) for dim, i in zip(score.dims, pos, strict=True)}
         out.append((float(values[pos]), item))
     if "shared_score" in ds:
         sh = ds["shared_score"]
@@ -134,7 +143,15 @@ def top_items(
             tokens = tuple(
                 promoted_tokens(model, layer, expert, item["neuron"], k=n_tokens, sign=sign)  # type: ignore[arg-type]
             )
-        label = _label(level, layer, expert, item.get("neuron"), item.get("head"), dense=dense)  # type: ignore[arg-type]
+        label = _label(
+            level,
+            layer,  # type: ignore[arg-type]
+            expert,
+            item.get("neuron"),
+            item.get("head"),
+            dense=dense,
+            sublayer=item.get("sublayer"),
+        )
         if expert == "shared":
             label = f"L{layer} shared" + (f" N{item['neuron']}" if "neuron" in item else "")
         out.append(

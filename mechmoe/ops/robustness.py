@@ -1,5 +1,8 @@
 """Functional robustness: how much relational recall depends on the top-attributed heads.
 
+:func:`head_ranking` orders the heads (by head-level LPI over a probe, or as given);
+:func:`head_robustness` masks the top ones and measures recall against random heads.
+
 The experiment of method.md ("Functional robustness"): rank attention heads by their
 head-level LPI averaged over a probe's prompts, mask the top ``n`` for each ``n`` of a
 grid, and measure HIT@k before and after. The relative drop ``1 − after/before`` is
@@ -21,15 +24,18 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechmoe._types import HEAD, LAYER
-from mechmoe.core.errors import InvalidInputError
+from mechmoe._types import HEAD, LAYER, MaskMode, Target
+from mechmoe.core.checks import check_choice, check_number, entry_point
+from mechmoe.core.errors import InvalidInputError, InvalidTypeError
+from mechmoe.core.interventions import MaskHeads, compose
 from mechmoe.core.progress import task
 from mechmoe.core.provenance import provenance
-from mechmoe.ops.interventions import MaskHeads, compose, head_means
+from mechmoe.ops.interventions import head_means
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -74,10 +80,76 @@ def rank_heads(scores: Any) -> tuple[tuple[int, int], ...]:
     return tuple((int(layers[i // H]), int(heads[i % H])) for i in order)
 
 
+@dataclass(frozen=True)
+class HeadRanking:
+    """Attention heads in rank order, with their scores and where the order came from.
+
+    Attributes
+    ----------
+    heads
+        ``(layer, head)`` pairs, the highest-ranked first.
+    scores
+        Each head's score, in the same order (NaN where the ranking was given as pairs).
+    source
+        How the ranking was made: ``"head-level LPI (target=…), mean over the probe"``
+        or ``"given"``.
+    """
+
+    heads: tuple[tuple[int, int], ...]
+    scores: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def top(self, n: int) -> tuple[tuple[int, int], ...]:
+        """The first ``n`` heads (all of them if there are fewer)."""
+        return self.heads[:n]
+
+
+@entry_point
+def head_ranking(
+    model: Model,
+    probe: ProbeSet,
+    ranking: Ranking = None,
+    *,
+    target: Target = "top1",
+    batch_size: int = 32,
+    interventions: Any = None,
+) -> HeadRanking:
+    """Attention heads ranked by their head-level LPI over a probe's prompts, highest first.
+
+    Parameters
+    ----------
+    model
+        A :class:`mechmoe.Model`.
+    probe
+        The probe set whose prompts are attributed.
+    ranking
+        ``None`` (default): rank by ``attribute(model, probe.prompts, level="head",
+        target=target)["score"]``, the mean head-level LPI over the probe (see
+        :func:`rank_heads` for the order of ties and NaN). Or a ``(layer, head)`` score
+        DataArray/array to rank instead, or ``(layer, head)`` pairs already in order.
+    target
+        The LPI target: the model's top-1 token, or each item's gold object's first token
+        (:func:`mechmoe.probes.first_token_ids`).
+    batch_size
+        Prompts per forward pass.
+    interventions
+        Edits applied while attributing (the ranking then describes the edited model).
+
+    Returns
+    -------
+    HeadRanking
+    """
+    check_choice(target, Target, name="target")
+    batch_size = int(check_number(batch_size, name="batch_size", integer=True, minimum=1))
+    return _ranking(model, probe, ranking, target=target, batch_size=batch_size, base=interventions)
+
+
 def _ranking(
     model: Model, probe: ProbeSet, ranking: Ranking, *, target: str, batch_size: int, base: Any
-) -> tuple[tuple[tuple[int, int], ...], np.ndarray, str]:
-    """(ordered heads, their scores or NaN, where the ranking came from)."""
+) -> HeadRanking:
     if ranking is None:
         from mechmoe.ops.attribution import attribute
 
@@ -109,7 +181,12 @@ def _ranking(
         else:
             values = np.asarray(ranking.transpose(LAYER, HEAD).values, dtype=float)
             scores = np.array([values[la, h] for la, h in order])
-        return order, scores, source
+        return HeadRanking(order, scores, source)
+    if isinstance(ranking, (str, bytes)) or not hasattr(ranking, "__iter__"):
+        raise InvalidTypeError(
+            "ranking= takes (layer, head) pairs or a (layer, head) score array, got "
+            f"{type(ranking).__name__}"
+        )
     pairs = []
     for pair in ranking:
         try:
@@ -121,7 +198,7 @@ def _ranking(
             ) from None
     if len(set(pairs)) != len(pairs):
         raise InvalidInputError("the head ranking lists a head more than once")
-    return tuple(pairs), np.full(len(pairs), np.nan), source
+    return HeadRanking(tuple(pairs), np.full(len(pairs), np.nan), source)
 
 
 def _grid(ns: Sequence[int], total: int) -> list[int]:
@@ -136,6 +213,7 @@ def _grid(ns: Sequence[int], total: int) -> list[int]:
     return sorted(out)
 
 
+@entry_point
 def head_robustness(
     model: Model,
     probe: ProbeSet,
@@ -144,8 +222,8 @@ def head_robustness(
     seeds: int | Sequence[int] = 3,
     k: int = 10,
     ranking: Ranking = None,
-    target: Literal["top1", "gold"] = "top1",
-    mode: str = "zero",  # "zero" or "mean"; checked below with a clear error
+    target: Target = "top1",
+    mode: MaskMode = "zero",
     batch_size: int = 32,
     interventions: Any = None,
     progress: bool = False,
@@ -170,7 +248,8 @@ def head_robustness(
     ranking
         ``None`` (default): ``attribute(model, prompts, level="head", target=target)
         ["score"]`` — the mean head-level LPI over the probe. Or a ``(layer, head)``
-        score DataArray/array, or ``(layer, head)`` pairs already in rank order.
+        score DataArray/array, or ``(layer, head)`` pairs already in rank order
+        (see :func:`head_ranking`).
     target
         LPI target when the ranking is computed: the model's top-1 token or the gold
         object's first token.
@@ -196,12 +275,12 @@ def head_robustness(
 
     from mechmoe.probes import evaluate
 
+    check_choice(mode, MaskMode, name="mode")
+    check_choice(target, Target, name="target")
+    k = int(check_number(k, name="k", integer=True, minimum=1))
+    batch_size = int(check_number(batch_size, name="batch_size", integer=True, minimum=1))
     if len(probe) == 0:
         raise InvalidInputError("the probe set is empty; nothing to measure")
-    if mode not in ("zero", "mean"):
-        raise InvalidInputError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    if target not in ("top1", "gold"):
-        raise InvalidInputError(f"target must be 'top1' or 'gold', got {target!r}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise InvalidInputError("the random control needs at least one seed")
@@ -211,9 +290,8 @@ def head_robustness(
     base = compose(interventions)
     base.validate(model)
 
-    order, scores, source = _ranking(
-        model, probe, ranking, target=target, batch_size=batch_size, base=base
-    )
+    ranked = _ranking(model, probe, ranking, target=target, batch_size=batch_size, base=base)
+    order, scores, source = ranked.heads, ranked.scores, ranked.source
     MaskHeads(order).validate(model)  # ranking pairs must exist in this model
     if len(order) < grid[-1]:
         raise InvalidInputError(
@@ -308,4 +386,4 @@ def head_robustness(
     return ds
 
 
-__all__ = ["DEFAULT_GRID", "head_robustness", "rank_heads"]
+__all__ = ["DEFAULT_GRID", "HeadRanking", "head_ranking", "head_robustness", "rank_heads"]

@@ -20,6 +20,8 @@ from mechmoe.probes.evaluate import evaluate as evaluate
 from mechmoe.probes.probeset import ProbeItem as ProbeItem
 from mechmoe.probes.probeset import ProbeSet as ProbeSet
 from mechmoe.probes.probeset import RelationMeta as RelationMeta
+from mechmoe.probes.prompt_file import PromptFile as PromptFile
+from mechmoe.probes.prompt_file import read_prompts as read_prompts
 from mechmoe.probes.registry import list_probes as list_probes
 from mechmoe.probes.registry import load_probe as load_probe
 from mechmoe.probes.tokens import first_token_ids as first_token_ids
@@ -45,6 +47,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ProbeItem",
     "ProbeSet",
+    "PromptFile",
     "RelationMeta",
     "evaluate",
     "first_token_ids",
@@ -53,5 +56,6 @@ __all__ = [
     "list_probes",
     "load_probe",
     "rank_and_logprob",
+    "read_prompts",
     "summarize",
 ]

@@ -76,7 +76,11 @@ def read_lre(path: str | Path, *, template: int | str = 0, zero_shot: bool = Fal
     path = Path(path)
     if path.is_dir():
         # dot-names are mechmoe's markers and temporaries, never relations
-        files = sorted(p for p in path.glob("*.json") if p.is_file() and not p.name.startswith("."))
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() == ".json" and p.is_file() and not p.name.startswith(".")
+        )
         if not files:
             raise InvalidInputError(f"{path}: folder has no *.json relation files")
     elif path.is_file():
@@ -107,6 +111,11 @@ def _load_json(file: Path) -> Any:
     except json.JSONDecodeError as err:
         raise InvalidInputError(
             f"{file}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
+    except RecursionError:
+        raise InvalidInputError(
+            f"{file}: JSON nested too deeply to be a relation file (a relation is one "
+            "object holding a list of samples)"
         ) from None
 
 

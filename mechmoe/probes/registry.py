@@ -38,7 +38,7 @@ def bundled_path(name: str) -> Path:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.endswith(".json") or "/" in spec or "\\" in spec or Path(spec).exists()
+    return spec.lower().endswith(".json") or "/" in spec or "\\" in spec or Path(spec).exists()
 
 
 def load_probe(spec: str | Path, *, template: int | str = 0, zero_shot: bool = False) -> ProbeSet:

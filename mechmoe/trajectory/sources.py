@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mechmoe.core.errors import InvalidInputError, ModelNotFoundError
+from mechmoe.model.options import LoadOptions
 
 if TYPE_CHECKING:
     from mechmoe.model import Model
@@ -66,33 +67,26 @@ class Checkpoint:
     repo: str | None = None
     label: str = ""
 
-    def load(
-        self,
-        *,
-        dtype: str = "float32",
-        device: str | None = "cpu",
-        device_map: str | dict[str, Any] | None = None,
-        tokenizer: str | None = None,
-        backend: str = "nnsight",
-    ) -> Model:
-        """Load this checkpoint with :func:`mechmoe.model.load`.
+    def load(self, options: LoadOptions | None = None) -> Model:
+        """Load this checkpoint with :func:`mechmoe.model.load` and ``options``.
 
-        ``tokenizer`` (a folder, ``tokenizer.json`` or hub id) is for checkpoints saved
-        without one; ``backend`` names the capture backend (``"nnsight"``,
-        ``"transformerlens"``).
+        The checkpoint decides the revision: ``options.revision`` must be unset (or the
+        checkpoint's own). ``options.tokenizer`` is for checkpoints saved without one.
         """
         from mechmoe.model import load
 
-        kw: dict[str, Any] = dict(
-            dtype=dtype, device=device, device_map=device_map, backend=backend
-        )
-        if tokenizer is not None:
-            kw["tokenizer"] = tokenizer
+        opts = options if options is not None else LoadOptions()
+        if opts.revision is not None and opts.revision != self.revision:
+            raise InvalidInputError(
+                f"checkpoint {self.label!r} is its own revision; drop revision="
+                f"{opts.revision!r} from the load options (select checkpoints with the "
+                "source's selection instead)"
+            )
         if self.path is not None:
-            return load(self.path, **kw)
+            return load(self.path, opts.replace(revision=None))
         if self.repo is None:
             raise InvalidInputError(f"checkpoint {self.label!r} has neither a path nor a repo")
-        return load(self.repo, revision=self.revision, **kw)
+        return load(self.repo, opts.replace(revision=self.revision))
 
 
 @runtime_checkable
@@ -101,23 +95,15 @@ class CheckpointSource(Protocol):
 
     ``describe()`` returns the JSON-able identity recorded in the store's config (a store
     refuses to be extended from a different source); ``checkpoints()`` lists the selected
-    checkpoints sorted by step; ``load()`` builds the model of one of them.
+    checkpoints sorted by step; ``load()`` builds the model of one of them with the run's
+    :class:`~mechmoe.model.options.LoadOptions`.
     """
 
     def describe(self) -> dict[str, Any]: ...
 
     def checkpoints(self) -> list[Checkpoint]: ...
 
-    def load(
-        self,
-        checkpoint: Checkpoint,
-        *,
-        dtype: str = "float32",
-        device: str | None = "cpu",
-        device_map: str | dict[str, Any] | None = None,
-        tokenizer: str | None = None,
-        backend: str = "nnsight",
-    ) -> Model: ...
+    def load(self, checkpoint: Checkpoint, options: LoadOptions | None = None) -> Model: ...
 
 
 class _LoadsByCheckpoint:
@@ -127,19 +113,8 @@ class _LoadsByCheckpoint:
     sweep always loads through the source.
     """
 
-    def load(
-        self,
-        checkpoint: Checkpoint,
-        *,
-        dtype: str = "float32",
-        device: str | None = "cpu",
-        device_map: str | dict[str, Any] | None = None,
-        tokenizer: str | None = None,
-        backend: str = "nnsight",
-    ) -> Model:
-        return checkpoint.load(
-            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer, backend=backend
-        )
+    def load(self, checkpoint: Checkpoint, options: LoadOptions | None = None) -> Model:
+        return checkpoint.load(options)
 
 
 # ---- names -------------------------------------------------------------------------

@@ -48,13 +48,15 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Unpack
 
-from mechmoe._types import LAYER
+from mechmoe._types import LAYER, Executor
 from mechmoe.core import progress
+from mechmoe.core.checks import check_choice
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.provenance import options_json, probe_hash, provenance, weights_hash
 from mechmoe.core.writer import prepare_output
+from mechmoe.model.options import LoadKeywords, LoadOptions
 from mechmoe.trajectory.sources import Checkpoint, CheckpointSource
 from mechmoe.trajectory.store import (
     KIND,
@@ -69,7 +71,6 @@ if TYPE_CHECKING:
 
     from mechmoe.model import Model
 
-Executor = Literal["local", "dask"]
 
 #: Model attrs recorded with each checkpoint (the store's attrs are read from the first).
 _MODEL_ATTRS = (
@@ -83,6 +84,7 @@ _MODEL_ATTRS = (
     "torch_version",
     "transformers_version",
     "nnsight_version",
+    "load_options",
 )
 
 
@@ -138,7 +140,7 @@ def _trace(exc: BaseException, lines: int = 20) -> str:
     return "".join(traceback.format_exception(exc)[-lines:])
 
 
-def _free(device: str | None) -> None:
+def _free() -> None:
     gc.collect()
     import torch
 
@@ -151,19 +153,16 @@ def measure_checkpoint(
     measures: Sequence[Any],
     probe: Any,
     *,
-    dtype: str = "float32",
-    device: str | None = "cpu",
-    device_map: str | dict[str, Any] | None = None,
+    options: LoadOptions | None = None,
     known_hashes: Mapping[str, int] | None = None,
     threads: int | None = None,
-    tokenizer: str | None = None,
     source: CheckpointSource | None = None,
-    backend: str = "nnsight",
 ) -> CheckpointResult:
     """Load one checkpoint, run ``measures`` on it and free it; never raises for a bad checkpoint.
 
-    The checkpoint is loaded through ``source.load`` (the sweep passes its source), or
-    :meth:`Checkpoint.load` when no source is given.
+    The checkpoint is loaded with ``options`` (default :class:`LoadOptions`) through
+    ``source.load`` (the sweep passes its source), or :meth:`Checkpoint.load` when no
+    source is given.
 
     A load failure or a failing measure is returned in ``error`` (with a traceback
     summary); the measures that succeeded are kept. When the weights hash is in
@@ -171,6 +170,7 @@ def measure_checkpoint(
     result is marked ``duplicate``.
     """
     start = time.perf_counter()
+    opts = options if options is not None else LoadOptions()
     if threads:
         import torch
 
@@ -181,24 +181,17 @@ def measure_checkpoint(
                 checkpoint,
                 measures,
                 probe,
-                dtype=dtype,
-                device=device,
-                device_map=device_map,
+                options=opts,
                 known_hashes=known_hashes,
-                tokenizer=tokenizer,
                 source=source,
-                backend=backend,
             )
         finally:
             torch.set_num_threads(before)
     label = checkpoint.label or str(checkpoint.step)
     try:
-        kw: dict[str, Any] = dict(
-            dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer, backend=backend
-        )
-        model = source.load(checkpoint, **kw) if source is not None else checkpoint.load(**kw)
+        model = source.load(checkpoint, opts) if source is not None else checkpoint.load(opts)
     except Exception as exc:
-        _free(device)
+        _free()
         return CheckpointResult(
             checkpoint,
             error=f"could not load {label}: {_one_line(exc)}",
@@ -241,7 +234,7 @@ def measure_checkpoint(
         return result
     finally:
         del model
-        _free(device)
+        _free()
         result.seconds = time.perf_counter() - start
 
 
@@ -331,22 +324,31 @@ def run_config(
     name: str | None,
     probe: Any,
     probe_label: str,
-    dtype: str,
-    device: str | None,
-    device_map: Any,
+    options: LoadOptions,
 ) -> dict[str, Any]:
-    """The fields recorded in (and compared against) a store's ``config.json``."""
+    """The fields recorded in (and compared against) a store's ``config.json``.
+
+    Of the load options, those that change the numbers a store holds: ``dtype``, the
+    device kind (``cpu``, ``cuda`` or ``device_map``) and ``tokenizer`` when one is given
+    (from :meth:`LoadOptions.describe`; the keys stores have always had, so a store written
+    by an earlier mechmoe resumes). The backend is not among them (backends agree to
+    1e-5; each checkpoint's record names its own, with all its load options).
+    """
     described = source.describe()
     default = described.get("repo") or Path(str(described.get("path", "model"))).name
-    return {
+    load = options.describe()
+    config = {
         "model": name or default,
         "source": described,
         "probe": probe_label,
         "probe_hash": probe_hash(probe),
         "probe_items": len(probe),
-        "dtype": str(dtype),
-        "device": _device_kind(device, device_map),
+        "dtype": str(load["dtype"]),
+        "device": _device_kind(load["device"], load["device_map"]),
     }
+    if load["tokenizer"] is not None:
+        config["tokenizer"] = str(load["tokenizer"])
+    return config
 
 
 def sweep(
@@ -359,13 +361,10 @@ def sweep(
     executor: Executor = "local",
     workers: int = 1,
     scheduler: str | None = None,
-    dtype: str = "float32",
-    device: str | None = "cpu",
-    device_map: str | dict[str, Any] | None = None,
     threads: int | None = None,
-    tokenizer: str | None = None,
-    backend: str = "nnsight",
     overwrite: bool = False,
+    options: LoadOptions | None = None,
+    **keywords: Unpack[LoadKeywords],
 ) -> SweepSummary:
     """Run ``measures`` on every checkpoint of ``source`` into the store ``out``.
 
@@ -388,17 +387,15 @@ def sweep(
     executor, workers, scheduler
         ``"local"``, or ``"dask"`` with ``workers`` local processes, or an existing
         cluster at ``scheduler`` (then ``executor`` is ``"dask"`` whatever was given).
-    dtype, device, device_map
-        Passed to :func:`mechmoe.model.load` (``device_map="auto"`` spreads a large model
-        over the GPUs of a worker).
-    tokenizer
-        A tokenizer (folder, ``tokenizer.json`` or hub id) for checkpoints saved without
-        one; recorded in the store's config.
-    backend
-        The capture backend (``"nnsight"`` or ``"transformerlens"``). Results agree across
-        backends (to 1e-5), so a store may be extended with either; each checkpoint's
-        record names the backend that measured it (the store's ``backend`` attr is the
-        first checkpoint's).
+    options, **keywords
+        How each checkpoint is loaded: a :class:`~mechmoe.model.options.LoadOptions`, and
+        its fields as keywords replacing the value's (``dtype="bfloat16"``,
+        ``device_map="auto"``, ``tokenizer=`` for checkpoints saved without one,
+        ``backend="transformerlens"``, …). Each checkpoint sets its own revision. The
+        store's config records dtype, device kind and tokenizer (a store is extended only
+        with the same); each checkpoint's record holds all the options it was loaded
+        with. Results agree across backends (to 1e-5), so a store may be extended with
+        either; the store's ``backend`` attr is the first checkpoint's.
     threads
         torch threads each checkpoint is measured with, on every executor. Default: the
         count the store's checkpoints were measured with, or, in a new store, torch's
@@ -419,39 +416,31 @@ def sweep(
     t0 = time.perf_counter()
     if scheduler:
         executor = "dask"
-    if executor not in ("local", "dask"):
-        raise InvalidInputError(f"unknown executor {executor!r}; use 'local' or 'dask'")
+    check_choice(executor, Executor, name="executor")
     if workers < 1:
         raise InvalidInputError(f"workers={workers}: use at least one worker")
     if executor == "local" and workers != 1:
         raise InvalidInputError(
             f"workers={workers} needs executor='dask' (the local executor runs one checkpoint at a time)"
         )
+    opts = LoadOptions.build(options, **keywords)
+    if opts.revision is not None:
+        raise InvalidInputError(
+            f"revision={opts.revision!r}: a sweep loads each checkpoint at its own revision; "
+            "choose checkpoints with the source's selection instead"
+        )
     measure_objs = _measure_objects(measures)
     probe_obj, probe_label = _probe_object(probe)
     prepare_output(out, kind=KIND, overwrite=overwrite, append=True)  # fail before any work
     ckpts = source.checkpoints()
-    config = run_config(
-        source,
-        name=name,
-        probe=probe_obj,
-        probe_label=probe_label,
-        dtype=dtype,
-        device=device,
-        device_map=device_map,
-    )
-    if tokenizer is not None:
-        config["tokenizer"] = str(tokenizer)
+    config = run_config(source, name=name, probe=probe_obj, probe_label=probe_label, options=opts)
     mconf = {m.name: _config_of(m) for m in measure_objs}
     store = TrajectoryStore.create_or_open(out, config, mconf, overwrite=overwrite, lock=True)
     try:
         return _sweep_into(
             store, source, ckpts, measure_objs, probe_obj, config, t0,
             executor=executor, workers=workers, scheduler=scheduler, threads=threads,
-            options=dict(
-                dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer,
-                backend=backend,
-            ),
+            opts=opts,
         )  # fmt: skip
     finally:
         store.close()
@@ -482,7 +471,7 @@ def _sweep_into(
     workers: int,
     scheduler: str | None,
     threads: int | None,
-    options: dict[str, Any],
+    opts: LoadOptions,
 ) -> SweepSummary:
     """The sweep once its store is open (and locked): decide what to compute, compute, write."""
     from mechmoe.trajectory.store import PLAIN_ENV
@@ -563,10 +552,10 @@ def _sweep_into(
                     c,
                     missing,
                     probe_obj,
+                    options=opts,
                     known_hashes=_known(store),
                     threads=threads,
                     source=source,
-                    **options,
                 )
                 record(res)
         else:
@@ -578,7 +567,8 @@ def _sweep_into(
                 workers,
                 scheduler,
                 threads,
-                {**options, "source": source},
+                opts,
+                source,
             )
     summary.done.sort()
     summary.wall_seconds = time.perf_counter() - t0
@@ -637,7 +627,8 @@ def _run_dask(
     workers: int,
     scheduler: str | None,
     threads: int,
-    options: dict[str, Any],
+    options: LoadOptions,
+    source: CheckpointSource,
 ) -> None:
     if not todo:
         return
@@ -673,10 +664,11 @@ def _run_dask(
                 c,
                 missing,
                 probe,
+                options=options,
+                source=source,
                 known_hashes=known,
                 threads=threads,
                 pure=False,
-                **options,
             )
             futures[fut] = c
         for fut in as_completed(list(futures)):

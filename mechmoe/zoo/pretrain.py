@@ -33,10 +33,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from mechmoe._types import ModelKind
 from mechmoe.core import progress
 from mechmoe.core.cache import cache_root
+from mechmoe.core.checks import check_choice
 from mechmoe.core.errors import InvalidInputError
 from mechmoe.core.writer import prepare_output
 from mechmoe.zoo.corpus import (
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
     from mechmoe.probes import ProbeSet
 
-Kind = Literal["moe", "dense"]
+Kind = ModelKind
 KINDS: tuple[Kind, ...] = ("moe", "dense")
 LOG_NAME = "training.json"
 ZOO_KIND = "zoo"
@@ -636,8 +638,7 @@ def pretrain(
 
     config = config or ZooConfig()
     for kind in kinds:
-        if kind not in KINDS:
-            raise InvalidInputError(f"unknown model kind {kind!r}; choose moe or dense")
+        check_choice(kind, ModelKind, name="kinds")
     zoo = zoo_at(config, root)
     zoo.root.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(zoo.root.parent / f"{config.digest}.lock"))

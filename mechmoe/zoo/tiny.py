@@ -218,7 +218,7 @@ def save_tiny(family: str, path: str | Path, *, seed: int = 0) -> Path:
 
 
 def source(family: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """The named source ``tiny:FAMILY`` (see :func:`mechmoe.model.loading.register_source`)."""
+    """The named source ``tiny:FAMILY`` (see :func:`mechmoe.model.sources.register_source`)."""
     _check_family(family)
     return tiny_hf_model(family), tiny_tokenizer()
 

@@ -10,8 +10,8 @@ from mechmoe.adapters import (
     DenseMLPSpec,
     NormSpec,
     get_adapter,
+    list_adapters,
     registry,
-    supported_architectures,
 )
 from mechmoe.core.errors import SpecMismatchError, UnsupportedArchitectureError
 from mechmoe.testing import tiny_hf_model, tiny_tokenizer
@@ -30,7 +30,7 @@ BUILTIN = {
 
 
 def test_every_builtin_resolves_to_a_spec():
-    assert BUILTIN <= set(supported_architectures())
+    assert BUILTIN <= set(list_adapters())
     for arch in BUILTIN:
         spec = get_adapter(arch)
         assert arch in spec.architectures
@@ -46,7 +46,7 @@ def test_unknown_architecture_lists_supported_and_says_how_to_add():
 
 
 def test_near_miss_gets_did_you_mean():
-    with pytest.raises(UnsupportedArchitectureError, match="did you mean OlmoeForCausalLM"):
+    with pytest.raises(UnsupportedArchitectureError, match="did you mean 'OlmoeForCausalLM'"):
         get_adapter("OlmoeForCausalLm")
 
 
@@ -70,23 +70,17 @@ def test_register_rejects_duplicates_and_allows_replace():
         registry.unregister_adapter("CustomForCausalLM")
 
 
-def test_entry_point_adapters_are_registered(monkeypatch):
-    spec = AdapterSpec(name="plugin", architectures=("PluginForCausalLM",), dense=DenseMLPSpec())
-
-    class EP:
-        name = "plugin"
-
-        def load(self):
-            return spec
-
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: [EP()] if group == "mechmoe.adapters" else []
+def test_entry_point_adapters_are_registered(installed):
+    installed(
+        {"mechmoe.adapters": {"plugin": "mechmoe_plugin_adapter:SPEC"}},
+        {
+            "mechmoe_plugin_adapter": "from mechmoe.adapters import AdapterSpec, DenseMLPSpec\n"
+            "SPEC = AdapterSpec(name='plugin', architectures=('PluginForCausalLM',), "
+            "dense=DenseMLPSpec())\n"
+        },
     )
-    try:
-        assert get_adapter("PluginForCausalLM") is spec
-    finally:
-        registry.unregister_adapter("PluginForCausalLM")
+    spec = get_adapter("PluginForCausalLM")
+    assert spec.name == "plugin" and "PluginForCausalLM" in list_adapters()
 
 
 def test_spec_needs_an_ffn_and_architectures():

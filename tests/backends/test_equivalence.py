@@ -285,9 +285,9 @@ def test_robustness_experiment_agrees(models, family, probe):
 class _EagerCheckpoints(LocalCheckpoints):
     """Local checkpoints that load the nnsight side with eager attention (module docstring)."""
 
-    def load(self, checkpoint: Any, **kwargs: Any) -> mechmoe.Model:
-        model = super().load(checkpoint, **kwargs)
-        if kwargs.get("backend") == "nnsight":
+    def load(self, checkpoint: Any, options: Any = None) -> mechmoe.Model:
+        model = super().load(checkpoint, options)
+        if options is not None and options.backend == "nnsight":
             model.hf.set_attn_implementation("eager")
         return model
 
@@ -325,7 +325,7 @@ def test_conformance_identities_hold(models, family, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_backend_lacking_a_site_fails_by_name_before_the_pass(backend, monkeypatch):
+def test_a_backend_lacking_a_site_fails_by_name_before_the_pass(backend, request):
     runs: list[int] = []
     full = base.get_backend(backend)
 
@@ -337,7 +337,8 @@ def test_a_backend_lacking_a_site_fails_by_name_before_the_pass(backend, monkeyp
             runs.append(1)
             return super().run(batch, edits, ctx)
 
-    monkeypatch.setitem(base._REGISTERED, NoRouter.name, NoRouter)
+    base.register_backend(NoRouter.name, NoRouter, replace=True)
+    request.addfinalizer(lambda: base.unregister_backend(NoRouter.name))
     model = mechmoe.load("tiny:olmoe", backend=NoRouter.name)
     assert model.capture(PROMPTS[:1]).meta["backend"] == NoRouter.name
     with pytest.raises(

@@ -118,21 +118,21 @@ def loaded(monkeypatch) -> list[str]:
 @pytest.fixture
 def small_demo(monkeypatch):
     """``mechmoe demo`` with the CLI's own arguments on a seconds-sized zoo."""
-    import mechmoe.zoo.demo
+    import mechmoe.study.demo
     from mechmoe.zoo.pretrain import tiny_zoo_config
 
-    small = mechmoe.zoo.demo.DemoConfig(
+    small = mechmoe.study.demo.DemoConfig(
         zoo=tiny_zoo_config(max_steps=8, n_checkpoints=2),
         probe_per_relation=2,
         robustness_ns=(1,),
         robustness_seeds=2,
     )
-    real = mechmoe.zoo.demo.run_demo
+    real = mechmoe.study.demo.run_demo
 
     def run_small(config=None, **kwargs):
         return real(small, **kwargs)
 
-    monkeypatch.setattr(mechmoe.zoo.demo, "run_demo", run_small)
+    monkeypatch.setattr(mechmoe.study.demo, "run_demo", run_small)
 
 
 @pytest.mark.parametrize(

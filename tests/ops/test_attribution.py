@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechmoe.core.errors import InvalidInputError
+from mechmoe.core.errors import InvalidInputError, InvalidTypeError
 from mechmoe.ops.attribution import attribute
 from mechmoe.testing import DEFAULT_PROMPTS, MOE_FAMILIES, TINY_FAMILIES, tiny_model
 
@@ -304,7 +304,7 @@ def test_mixed_stack_dense_layer_is_one_expert():
 
 
 def test_interventions_reach_the_capture():
-    from mechmoe.ops.interventions import MaskHeads
+    from mechmoe.core.interventions import MaskHeads
 
     model = _model("olmoe")
     edit = MaskHeads({0: [0, 1]})
@@ -357,16 +357,25 @@ def test_bad_input_names_the_item(kwargs, match):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [(dict(level="layer"), "level='layer'"), (dict(precision="fast"), "precision=")],
+    ("kwargs", "error", "match"),
+    [
+        (dict(level="cells"), InvalidInputError, "level='cells': use one of 'neuron'"),
+        (dict(level="Head"), InvalidInputError, "did you mean 'head'"),
+        (dict(precision="fast"), InvalidInputError, "precision='fast'"),
+        (dict(target="glod"), InvalidInputError, "did you mean 'gold'"),
+        # wrong types: mechmoe's own error, also under the test-time type checker
+        (dict(level=3), InvalidTypeError, "level= takes one of 'neuron'.*got int 3"),
+        (dict(target=None), InvalidTypeError, "target= takes one of 'top1', 'gold'"),
+        (dict(tolerance="1e-4"), InvalidTypeError, "tolerance= takes a number, got str"),
+        (dict(batch_size=2.5), InvalidTypeError, "batch_size= takes an integer"),
+        (dict(batch_size=0), InvalidInputError, "batch_size=0 must be at least 1"),
+        (dict(tolerance=float("nan")), InvalidInputError, "tolerance=nan must be a finite"),
+    ],
 )
-def test_unknown_option_values_are_refused(kwargs, match):
-    # A user's call runs without the test-time type checker (which would reject the
-    # Literal first): unwrap it, so the refusal users see is the one checked.
-    import inspect
-
-    with pytest.raises(InvalidInputError, match=match):
-        inspect.unwrap(attribute)(_model("olmoe"), PROMPTS[:1], **{"level": "head", **kwargs})
+def test_unknown_option_values_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match) as info:
+        attribute(_model("olmoe"), PROMPTS[:1], **{"level": "head", **kwargs})
+    assert type(info.value) is error
 
 
 def test_expert_level_on_a_dense_model_is_refused():

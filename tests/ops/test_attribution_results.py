@@ -142,6 +142,15 @@ def test_cli_layer_level_and_lre_json(tmp_path):
         "attn",
         "ffn",
     ]
+    # what the Python API computes for the same prompts
+    from mechmoe.probes import gold_token_ids, load_probe
+
+    model = tiny_model("qwen2_moe")
+    probe = load_probe(str(path))
+    targets = gold_token_ids(model.tokenizer, probe.object_sets, probe.prompts)
+    ref = attribute(model, list(probe.prompts), level="layer", target="gold", targets=targets)
+    np.testing.assert_array_equal(ds["score"].values, ref["score"].values)
+    assert "L0 attn" in res.output or "L1 attn" in res.output
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.ops.interventions import (
+from mechmoe.core.interventions import (
     BanExperts,
     ForceExperts,
     MaskHeads,
@@ -33,8 +33,8 @@ from mechmoe.ops.interventions import (
     ZeroExperts,
     ZeroNeurons,
     compose,
-    head_means,
 )
+from mechmoe.ops.interventions import head_means
 from mechmoe.testing import DEFAULT_PROMPTS, tiny_model
 
 PROMPTS = list(DEFAULT_PROMPTS)  # different lengths, so the batch has left padding
@@ -462,9 +462,7 @@ def test_contradictions_fail_at_composition(make, message):
 
 
 def test_unknown_mask_mode_is_refused():
-    with pytest.raises(
-        InvalidInputError, match="MaskHeads mode must be 'zero' or 'mean', got 'max'"
-    ):
+    with pytest.raises(InvalidInputError, match="MaskHeads: mode='max': use one of 'zero', 'mean'"):
         MaskHeads({0: [1]}, mode="max")
 
 

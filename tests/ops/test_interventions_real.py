@@ -31,7 +31,7 @@ def test_capital_recall_and_top10_head_masking(smollm2, capitals):
 def test_empty_plan_is_bit_exact_on_real_weights(smollm2, capitals):
     import torch
 
-    from mechmoe.ops.interventions import Plan
+    from mechmoe.core.interventions import Plan
 
     prompts = list(capitals.prompts[:4])
     assert torch.equal(
@@ -45,7 +45,7 @@ def test_evaluate_under_head_mask_matches_zeroed_W_O(smollm2, capitals):
 
     import torch
 
-    from mechmoe.ops.interventions import MaskHeads
+    from mechmoe.core.interventions import MaskHeads
 
     heads = {23: [4], 24: [7, 8]}
     probe = ProbeSet(capitals.items[:8], capitals.relations)

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.ops.interventions import MaskHeads
+from mechmoe.core.interventions import MaskHeads
 from mechmoe.ops.robustness import head_robustness, rank_heads
 from mechmoe.probes import evaluate, load_probe
 from mechmoe.testing import tiny_model
@@ -102,7 +102,7 @@ def test_masking_every_head_in_mean_mode_matches_masking_by_hand(model, probe):
 
 
 def test_unknown_mode_is_refused(model, probe):
-    with pytest.raises(InvalidInputError, match="mode must be 'zero' or 'mean', got 'max'"):
+    with pytest.raises(InvalidInputError, match="mode='max': use one of 'zero', 'mean'"):
         head_robustness(model, probe, ranking=[(0, 0)], ns=(1,), mode="max")
 
 
@@ -119,3 +119,45 @@ def test_unknown_mode_is_refused(model, probe):
 def test_bad_options(model, probe, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         head_robustness(model, probe, **({"ranking": [(0, 0), (0, 1)], "ns": (1,)} | kwargs))
+
+
+# ---- head_ranking: the ranking on its own ------------------------------------------------
+@pytest.mark.parametrize("target", ["top1", "gold"])
+def test_head_ranking_is_head_lpi_sorted_by_hand(model, probe, target):
+    """The order is the head-level LPI over the probe, sorted here with Python's sorted:
+    highest first, ties by layer then head."""
+    from mechmoe.ops.attribution import attribute
+    from mechmoe.ops.robustness import head_ranking
+    from mechmoe.probes import first_token_ids
+
+    ranking = head_ranking(model, probe, target=target, batch_size=2)
+    targets = (
+        first_token_ids(model.tokenizer, probe.objects, probe.prompts) if target == "gold" else None
+    )
+    score = attribute(
+        model, list(probe.prompts), level="head", target=target, targets=targets, batch_size=2
+    )
+    values = score["score"].values
+    by_hand = sorted(
+        ((la, h) for la in range(values.shape[0]) for h in range(values.shape[1])),
+        key=lambda p: (-values[p], p[0], p[1]),
+    )
+    assert list(ranking.heads) == by_hand
+    np.testing.assert_array_equal(ranking.scores, [values[p] for p in by_hand])
+    assert ranking.source == f"head-level LPI (target={target}), mean over the probe"
+    assert ranking.top(3) == tuple(by_hand[:3]) and len(ranking.top(99)) == len(by_hand)
+
+
+def test_head_ranking_given_as_pairs_or_scores(model, probe):
+    from mechmoe.core.errors import InvalidTypeError
+    from mechmoe.ops.robustness import head_ranking
+
+    given = head_ranking(model, probe, [(1, 2), (0, 0)])
+    assert given.heads == ((1, 2), (0, 0)) and given.source == "given"
+    assert np.isnan(given.scores).all()
+    scores = np.arange(8.0).reshape(2, 4)
+    assert head_ranking(model, probe, scores).heads[:2] == ((1, 3), (1, 2))
+    with pytest.raises(InvalidInputError, match="more than once"):
+        head_ranking(model, probe, [(0, 1), (0, 1)])
+    with pytest.raises(InvalidTypeError, match="ranking= takes"):
+        head_ranking(model, probe, "0:1")

@@ -331,10 +331,10 @@ def test_cli_probe_table_counts_multi_object_items(lre_dir: Path, tmp_path: Path
 
 
 def test_cli_show_lists_all_objects(lre_dir: Path) -> None:
-    from mechmoe.cli.probes import app
+    from mechmoe.cli import app
 
     res = CliRunner().invoke(
-        app, ["show", str(lre_dir / "superhero_person.json")], env={"COLUMNS": "250"}
+        app, ["probes", "show", str(lre_dir / "superhero_person.json")], env={"COLUMNS": "250"}
     )
     assert res.exit_code == 0, res.output
     assert "Hal Jordan | Kyle Rayner | Alan Scott" in res.output

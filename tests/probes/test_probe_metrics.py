@@ -122,7 +122,7 @@ def test_all_equal_or_non_finite_logits_warn_with_the_count() -> None:
 
 def test_an_overflowing_scaling_warns_in_evaluate() -> None:
     """ScaleNeurons by 1e38 overflows float32 to NaN logits: evaluate warns for every prompt."""
-    from mechmoe.ops.interventions import ScaleNeurons
+    from mechmoe.core.interventions import ScaleNeurons
     from mechmoe.probes import evaluate, load_probe
     from mechmoe.testing import tiny_model
 

@@ -16,7 +16,6 @@ from mechmoe.ops.attribution import attribute
 from mechmoe.ops.robustness import head_robustness
 from mechmoe.probes import evaluate, load_probe, summarize
 from mechmoe.testing import tiny_model
-from mechmoe.trajectory import measures as M
 from mechmoe.trajectory.measures import (
     DEFAULT_MEASURES,
     Measure,
@@ -166,27 +165,17 @@ def test_a_factory_must_build_a_measure_of_its_name():
         unregister_measure("misnamed")
 
 
-def test_entry_points_are_loaded(monkeypatch):
-    class FakeEntryPoint:
-        name = "residual_norm"
+def test_entry_points_are_loaded(installed):
+    import sys
 
-        def load(self):
-            return ResidualNorm
-
-    seen = []
-
-    def fake_entry_points(*, group):
-        seen.append(group)
-        return [FakeEntryPoint()] if group == "mechmoe.measures" else []
-
-    monkeypatch.setattr(M, "entry_points", fake_entry_points)
-    monkeypatch.setattr(M, "_entry_points_loaded", False)
-    try:
-        assert list_measures()[-1] == "residual_norm"
-        assert get_measure("residual_norm", scale=2.0).config()["scale"] == 2.0
-        assert seen == ["mechmoe.measures"]
-    finally:
-        unregister_measure("residual_norm")
+    installed(
+        {"mechmoe.measures": {"residual_norm": "mechmoe_plugin_measure:ResidualNorm"}},
+        {"mechmoe_plugin_measure": f"from {__name__} import ResidualNorm\n"},
+    )
+    assert list_measures()[-1] == "residual_norm"
+    assert "mechmoe_plugin_measure" not in sys.modules  # listed by name, not imported
+    assert get_measure("residual_norm", scale=2.0).config()["scale"] == 2.0
+    assert "mechmoe_plugin_measure" in sys.modules
 
 
 # ---- a third-party measure (the worked example of docs/measures.md) ---------------------------

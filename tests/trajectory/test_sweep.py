@@ -117,9 +117,9 @@ class LoggedSource(LocalCheckpoints):
 
     loaded: list[int] | None = None
 
-    def load(self, checkpoint, **kw):
+    def load(self, checkpoint, options=None):
         self.loaded.append(checkpoint.step)
-        return super().load(checkpoint, **kw)
+        return super().load(checkpoint, options)
 
 
 def test_sweep_loads_through_the_source(tmp_path, ckpt_dir):

@@ -2,8 +2,9 @@
 
 :func:`run_demo` is what ``mechmoe demo`` (and ``make demo``) runs. Every stage is cached
 under :func:`mechmoe.zoo.pretrain.cache_root`: the trained zoo, and one trajectory store
-per model and capture backend (a resumed sweep skips the checkpoints already measured),
-so a second run only redraws the report.
+per model and load options (the capture backend, and any other option that changes how
+the checkpoints are loaded; a resumed sweep skips the checkpoints already measured), so
+a second run only redraws the report.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
+from mechmoe._types import DEFAULT_BACKEND
 from mechmoe.core import progress
 from mechmoe.core.errors import InvalidInputError
+from mechmoe.model.options import LoadKeywords, LoadOptions
 from mechmoe.report.headline import counted, head_share
 from mechmoe.zoo.corpus import MAIN_RELATION, build_corpus
 from mechmoe.zoo.pretrain import KINDS, Zoo, ZooConfig, cache_root, pretrain
@@ -137,15 +140,30 @@ def _headline_counts(config: DemoConfig) -> tuple[int, ...]:
     return tuple(counts)
 
 
-def demo_dir(config: DemoConfig, root: str | Path | None = None, backend: str = "nnsight") -> Path:
-    """The folder of the demo's stores and default report, measured with ``backend``.
+def demo_dir(
+    config: DemoConfig,
+    root: str | Path | None = None,
+    options: LoadOptions | str = DEFAULT_BACKEND,
+) -> Path:
+    """The folder of the demo's stores and default report, measured with ``options`` (a
+    :class:`~mechmoe.model.options.LoadOptions`, or just a backend's name).
 
     Each backend has its own folder, so a run on another backend really measures every
     checkpoint with it (the numbers agree to 1e-5, tests/backends/test_equivalence.py)
-    instead of reading what the first backend stored; the trained zoo is shared.
+    instead of reading what the first backend stored; the trained zoo is shared. Options
+    besides the backend that differ from the defaults (a dtype, a device) add a digest of
+    them to the folder's name, so they get their own stores too.
     """
+    opts = options if isinstance(options, LoadOptions) else LoadOptions(backend=options)
     base = Path(root) if root is not None else cache_root()
-    return base / "demo" / config.digest / backend
+    others = {k: v for k, v in opts.describe().items() if k != "backend"}
+    defaults = {k: v for k, v in LoadOptions().describe().items() if k != "backend"}
+    if others == defaults:
+        leaf = opts.backend
+    else:
+        blob = json.dumps(others, sort_keys=True).encode()
+        leaf = f"{opts.backend}-{hashlib.sha256(blob).hexdigest()[:8]}"
+    return base / "demo" / config.digest / leaf
 
 
 def run_demo(
@@ -156,7 +174,8 @@ def run_demo(
     overwrite: bool = False,
     workers: int = 2,
     scheduler: str | None = None,
-    backend: str = "nnsight",
+    options: LoadOptions | None = None,
+    **keywords: Unpack[LoadKeywords],
 ) -> DemoResult:
     """Run the miniature study and write its report.
 
@@ -177,12 +196,15 @@ def run_demo(
         the numbers do not depend on ``workers`` (and the caches hold either way).
     scheduler
         Address of a running Dask scheduler to sweep on instead (``tcp://host:8786``).
-    backend
-        The capture backend of the sweeps (``"nnsight"`` or ``"transformerlens"``). The
-        zoo does not depend on it (it is trained once, whatever the backend); the stores
-        and the default report do: each backend gets its own (:func:`demo_dir`), so every
-        checkpoint is measured with the backend asked for, and the store and the report
-        record it. An unknown or uninstalled backend is refused before any training.
+    options, **keywords
+        How the sweeps load each checkpoint (:class:`~mechmoe.model.options.LoadOptions`,
+        its fields as keywords replacing the value's), e.g. ``backend="transformerlens"``
+        or ``device="cuda"``. The zoo does not depend on them (it is trained once); the
+        stores and the default report do: each backend, and each other set of options,
+        gets its own (:func:`demo_dir`), so every checkpoint is measured as asked, and the
+        stores and the report record it. An unknown or uninstalled backend is refused
+        before any training; so are ``revision`` and ``tokenizer`` (the zoo's checkpoints
+        are folders with their own tokenizer).
 
     Returns
     -------
@@ -194,6 +216,13 @@ def run_demo(
     from mechmoe.trajectory import LocalCheckpoints, open_store, sweep
 
     config = config or DemoConfig()
+    opts = LoadOptions.build(options, **keywords)
+    for name in ("revision", "tokenizer"):
+        if getattr(opts, name) is not None:
+            raise InvalidInputError(
+                f"the demo loads the zoo's own checkpoints, each with its tokenizer; drop {name}="
+            )
+    backend = opts.backend
     get_backend(backend)  # an unknown or missing backend fails now, not after the training
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -201,7 +230,7 @@ def run_demo(
     zoo = pretrain(replace(config.zoo, threads=workers), root=zoo_root)
     seconds["zoo"] = time.perf_counter() - t0
 
-    folder = demo_dir(config, root, backend)
+    folder = demo_dir(config, root, opts)
     folder.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus(config.zoo.corpus)
     probe = corpus.probe_set(config.probe_relations, per_relation=config.probe_per_relation)
@@ -225,7 +254,7 @@ def run_demo(
                 executor="dask" if workers > 1 or scheduler else "local",
                 workers=workers,
                 scheduler=scheduler,
-                backend=backend,
+                options=opts,
             )
             stores[kind] = store
             swept[kind] = len(summary.done)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from mechmoe.zoo.demo import DemoConfig, demo_dir, run_demo
+from mechmoe.study.demo import DemoConfig, demo_dir, run_demo
 from mechmoe.zoo.pretrain import tiny_zoo_config
 
 CFG = DemoConfig(
@@ -92,12 +92,12 @@ def test_masked_heads_follow_the_papers_share():
     assert DemoConfig(zoo=tiny_zoo_config()).masked_heads() == 1
     assert DemoConfig(n_masked=3).masked_heads() == 3
     # the robustness grid always holds the headline count
-    from mechmoe.zoo.demo import demo_measures
+    from mechmoe.study.demo import demo_measures
 
     grid = next(m for m in demo_measures(DemoConfig(n_masked=3)) if m.name == "robustness").ns
     assert 3 in grid
     # the paper's count (10) is read too where the model has more heads than that
-    from mechmoe.zoo.demo import _headline_counts
+    from mechmoe.study.demo import _headline_counts
 
     assert _headline_counts(DemoConfig()) == (1, 10)
     assert _headline_counts(DemoConfig(n_masked=10)) == (10,)
