@@ -119,6 +119,8 @@ def load(
         eager attention (docs/backends.md); SDPA differs from it by float rounding (about
         1e-6 on tiny models).
 
+    Notes
+    -----
     The options the model was loaded with are kept as ``model.load_options`` and recorded
     in every result's provenance (``load_options``).
     """
