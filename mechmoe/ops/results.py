@@ -85,9 +85,10 @@ def _candidates(ds: xr.Dataset) -> list[tuple[float, dict[str, Any]]]:
     out: list[tuple[float, dict[str, Any]]] = []
     score = ds["score"]
     values = score.values
+    coords = [ds[dim].values for dim in score.dims]  # once: not per item (46k for SmolLM2)
     for flat in np.flatnonzero(np.isfinite(values)):
         pos = np.unravel_index(flat, values.shape)
-        item = {dim: _coord(ds[dim].values[i]) for dim, i in zip(score.dims, pos, strict=True)}
+        item = {dim: _coord(c[i]) for dim, c, i in zip(score.dims, coords, pos, strict=True)}
         out.append((float(values[pos]), item))
     if "shared_score" in ds:
         sh = ds["shared_score"]
