@@ -28,6 +28,7 @@ from mechmoe.core.errors import (
     MechmoeError,
     ModelNotFoundError,
 )
+from mechmoe.model import gguf
 from mechmoe.model.handle import Model
 from mechmoe.model.options import LoadKeywords, LoadOptions
 from mechmoe.model.sources import resolve_source
@@ -120,6 +121,8 @@ def load(
         eager attention (docs/backends.md); SDPA differs from it by float rounding (about
         1e-6 on tiny models).
 
+    Notes
+    -----
     The options the model was loaded with are kept as ``model.load_options`` and recorded
     in every result's provenance (``load_options``).
     """
@@ -180,6 +183,9 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         if revision:
             raise InvalidInputError("revision= applies to hub names, not to a GGUF file")
         source, kwargs["gguf_file"] = str(path.parent), path.name
+        converted = gguf.lookup(path)  # the file converted once to a verified folder
+        if converted is not None:
+            source, kwargs = str(converted), {}
     elif path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{name!r} is not a model folder (no config.json in it)")
@@ -224,6 +230,8 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         hf = _hf_call(
             AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights"
         )
+    if "gguf_file" in kwargs and not given and opts.device_map is None:
+        gguf.store(path, hf, tokenizer)  # later loads read the converted folder
     if opts.device_map is None:
         hf.to(dev)
     model = Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mechmoe.core.types import NormParams
 from mechmoe.ops._lpi_kernels import (
+    KernelCounts,
     TailContext,
     UnembedStats,
     shared_direction_blocks,
@@ -244,7 +245,7 @@ class _Scorer:
         # and how many (prompt, neuron) pairs were scored / summed exactly
         self.bound_total = np.zeros(shape, dtype=np.float64) if level == "neuron" else None
         self.prompt_bound = np.zeros(n_prompts, dtype=np.float64)
-        self.stats: dict[str, int] = {"pairs": 0, "moments": 0, "moment_dirs": 0, "fallback": 0}
+        self.stats = KernelCounts()
         shared = [s for s in d.d_shared if s]
         self.I_sh = max(shared) if shared and level in ("neuron", "expert") else 0
         if self.I_sh:

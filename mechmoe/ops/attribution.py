@@ -448,10 +448,7 @@ def _to_dataset(
         method="Gated-LPI" if level == "neuron" else "LPI",
         position="last",
         bound=float(scorer.bound) if done != "exact" else 0.0,
-        n_pairs=int(scorer.stats["pairs"]),
-        n_moments=int(scorer.stats["moments"]),
-        n_moment_dirs=int(scorer.stats["moment_dirs"]),
-        n_fallback=int(scorer.stats["fallback"]),
+        **scorer.stats.attrs(),
         kernel=(
             "native"
             if level == "neuron" and readout.W_U.device.type == "cpu" and _native.library()
