@@ -259,6 +259,34 @@ SHAPES: dict[str, tuple[str, dict[str, Any], str]] = {
         ),
         "EXAONE-MoE: 128 experts, top-8, 1 shared, 1 dense layer",
     ),
+    "lfm2_moe": (
+        "Lfm2MoeConfig",
+        dict(
+            num_experts=32,
+            num_experts_per_tok=4,
+            num_dense_layers=2,
+            intermediate_size=512,
+            moe_intermediate_size=128,
+            layer_types=["conv", "full_attention", "conv", "full_attention"],
+        ),
+        "LFM2-8B-A1B: 32 experts, top-4, 2 dense layers, short-conv/attention hybrid",
+    ),
+    "granitemoehybrid": (
+        "GraniteMoeHybridConfig",
+        dict(
+            num_local_experts=64,
+            num_experts_per_tok=6,
+            intermediate_size=128,
+            shared_intermediate_size=256,
+            residual_multiplier=0.22,
+            logits_scaling=6.0,
+            layer_types=["linear_attention"] * 3 + ["full_attention"],
+            mamba_n_heads=8,
+            mamba_d_state=16,
+            position_embedding_type="rope",
+        ),
+        "granite-4.0-h-tiny: 64 experts, top-6, a shared MLP, Mamba-2 hybrid",
+    ),
 }
 
 
