@@ -102,6 +102,8 @@ class Backend(ABC):
     #: Whether ``load()`` first builds this backend on a weightless (meta-device) copy of
     #: the model, so a model it cannot run is refused by name before any weight is read.
     checks_before_weights: ClassVar[bool] = False
+    #: False where a check on a weightless copy could not decide (the real load decides).
+    decided: bool = True
 
     def __init__(self, model: ModelView, native: Any = None) -> None:
         self.model = model

@@ -247,6 +247,7 @@ class TransformerLensBackend(Backend):
                 self.native = boot_bridge(model)
             except _NeedsWeights:  # a check before weights that cannot decide: loading will
                 self._layers, self._final_in, self._logits = [], "", ""
+                self.decided = False
                 return
         else:
             _check_bridge(native)

@@ -127,22 +127,25 @@ class Model:
         )
 
     @classmethod
-    def check_backend(cls, config: Any, spec: AdapterSpec, *, name: str, backend: str) -> None:
+    def check_backend(cls, config: Any, spec: AdapterSpec, *, name: str, backend: str) -> bool:
         """Refuse, before any weight is read, a model that ``backend`` cannot run.
 
         A backend that asks for it (``checks_before_weights``, e.g. TransformerLens, whose
         bridges hook some families' routers and not others) is built on a weightless
         (meta-device) copy of the model made from ``config``; whatever it cannot reach is
-        reported by name. Other backends cost nothing here.
+        reported by name. Other backends cost nothing here. Returns whether the check
+        decided: ``False`` where the backend cannot be built without real weights (a
+        TransformerLens bridge that splits GPT-2's fused QKV, or builds Mamba-2 layers, at
+        boot), so loading the weights decides.
         """
         backend_cls = get_backend(backend)
         if not getattr(backend_cls, "checks_before_weights", False):
-            return
+            return True
         from transformers import AutoModelForCausalLM
 
         with torch.device("meta"):
             hf = AutoModelForCausalLM.from_config(copy.deepcopy(config))
-        cls(hf, None, spec, name=name, backend=backend).backend_impl  # noqa: B018
+        return bool(cls(hf, None, spec, name=name, backend=backend).backend_impl.decided)
 
     # ---- structure -----------------------------------------------------------------
     def _layer_paths(self, layer: int) -> list[str]:

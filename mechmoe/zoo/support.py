@@ -4,8 +4,9 @@ One row per architecture in the adapter registry (:func:`mechmoe.adapters.list_a
 the router and layer schedule as the spec states them, the attribution levels and routing
 edits that apply, where heads exist, and whether the TransformerLens backend runs the
 family: found out as ``load`` does, by building the backend on a weightless copy of the
-family's tiny checkpoint config, before any weight (``"not checked"`` for a family
-without a tiny checkpoint). docs/adapters.md holds the table as :func:`support_markdown`
+family's tiny checkpoint config, before any weight, or by loading the tiny checkpoint
+where the bridge cannot boot without weights (``"not checked"`` for a family without a
+tiny checkpoint). docs/adapters.md holds the table as :func:`support_markdown`
 writes it (a test keeps it from drifting) and ``mechmoe adapters list`` prints it.
 
 Examples
@@ -141,9 +142,13 @@ def _transformerlens(spec: AdapterSpec, architecture: str) -> str:
     from mechmoe.model import Model
 
     try:
-        Model.check_backend(
+        decided = Model.check_backend(
             tiny_config(spec.name), spec, name=architecture, backend="transformerlens"
         )
+        if not decided:  # the bridge needs real weights to boot: load the tiny checkpoint
+            from mechmoe.model.loading import load
+
+            load(f"tiny:{spec.name}", backend="transformerlens")
     except MechmoeError as err:
         text = str(err)
         hook = re.search(r"no hook on (\S+)", text)

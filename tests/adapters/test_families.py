@@ -440,8 +440,9 @@ TL_REFUSED = {
     "flex_olmo": "no hook on mlp.gate",
     "afmoe": "no hook on mlp.router",
     "exaone_moe": "Unsupported architecture",
-    "granitemoehybrid": "does not match this transformers version's router",
 }
+#: families whose bridge cannot boot on a weightless copy (Mamba-2): refused when they load
+TL_REFUSED_AT_LOAD = {"granitemoehybrid": "does not match this transformers version's router"}
 
 
 @pytest.mark.parametrize("family", TL_OK)
@@ -468,6 +469,20 @@ def test_transformerlens_refuses_the_others_before_reading_weights(family, tmp_p
     monkeypatch.setattr(tf.AutoModelForCausalLM, "from_pretrained", no_weights)
     with pytest.raises(MechmoeError, match=TL_REFUSED[family]) as err:
         mechmoe.load(str(folder), backend="transformerlens")
+    assert "use backend='nnsight'" in str(err.value)
+
+
+@pytest.mark.parametrize("family", sorted(TL_REFUSED_AT_LOAD))
+def test_transformerlens_refuses_at_load_where_a_weightless_check_cannot_decide(family):
+    pytest.importorskip("transformer_lens")
+    from mechmoe.zoo.tiny import tiny_config
+
+    spec = _model(family).spec
+    assert not Model.check_backend(
+        tiny_config(family), spec, name=family, backend="transformerlens"
+    )
+    with pytest.raises(MechmoeError, match=TL_REFUSED_AT_LOAD[family]) as err:
+        mechmoe.load(f"tiny:{family}", backend="transformerlens")
     assert "use backend='nnsight'" in str(err.value)
 
 
