@@ -98,7 +98,7 @@ def measures_page() -> str:
     lines = [
         "# Measures",
         "",
-        "What a sweep can record at each checkpoint (`mechmoe trajectory --measures`, "
+        "The measures mechmoe ships: what a sweep can record at each checkpoint (`mechmoe trajectory --measures`, "
         "`sweep(measures=...)`), from the measure registry. Options are passed as "
         "`NAME:OPTION=VALUE` on the command line or as keywords to `get_measure`. "
         "[Write your own](../measures.md).",
@@ -108,6 +108,8 @@ def measures_page() -> str:
     ]
     for name in list_measures():
         factory = MEASURES.get(name)
+        if not factory.__module__.startswith("mechmoe."):
+            continue  # registered by a user or a plug-in, not shipped with mechmoe
         options = []
         fields = (
             {f.name: f for f in dataclasses.fields(factory)}
