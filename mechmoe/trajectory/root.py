@@ -186,6 +186,18 @@ def _remove_tree(path: Path) -> None:
         path.unlink()
 
 
+def _clear_cut_short(target: Path) -> None:
+    """Remove an array folder a killed write left without its metadata (zarr files only:
+    ``zarr.json`` and chunks under ``c/``), so the rewrite can make it again."""
+    if not target.is_dir() or target.is_symlink():
+        return
+    for f in target.rglob("*"):
+        rel = f.relative_to(target).parts
+        if f.is_file() and rel != ("zarr.json",) and rel[0] != "c":
+            return  # not a folder of ours: left alone, and mkdir names it
+    _remove_tree(target)
+
+
 def reset(path: Path, reserved: frozenset[str]) -> None:
     """Remove the root (its group metadata and arrays); the parts are not touched."""
     for name in _root_names(path, _load_state(path), reserved):
@@ -615,6 +627,7 @@ def _create(
     for name, (_, src) in coords.items():
         out.own(name)
         target = path / name
+        _clear_cut_short(target)
         target.mkdir()
         for f in src.rglob("*"):
             if f.is_file():
@@ -623,6 +636,7 @@ def _create(
                 _link(f, dst)
     for name, meta in metas.items():
         out.own(name)
+        _clear_cut_short(path / name)
         (path / name).mkdir()
         _write_json(path / name / "zarr.json", meta)
         for pos, step in enumerate(plan.steps):

@@ -30,6 +30,14 @@ PAGES = sorted(p for p in DOCS.rglob("*.md") if _blocks(p, "python"))
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
 def test_python_blocks_run(page, tmp_path, monkeypatch):
+    from mechmoe.adapters.registry import ADAPTERS
+    from mechmoe.backends.base import BACKENDS
+    from mechmoe.model.sources import SOURCES
+    from mechmoe.trajectory.measures import MEASURES
+
+    # what a page registers (an example measure, backend or family) is removed after it
+    for registry in (ADAPTERS, BACKENDS, SOURCES, MEASURES):
+        monkeypatch.setattr(registry, "_registered", dict(registry._registered))
     monkeypatch.chdir(tmp_path)
     # a real module, so dataclasses and protocols defined on the page work as in a script
     module = types.ModuleType("docs_page")

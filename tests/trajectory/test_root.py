@@ -131,6 +131,37 @@ def test_a_root_update_cut_short_is_redone_by_the_next_writer(tmp_path, monkeypa
     assert json.loads((path / "root.json").read_text())["state"] == "clean"
 
 
+def test_a_first_root_write_killed_after_making_an_array_folder_is_redone(tmp_path, monkeypatch):
+    """A kill between an array folder's mkdir and its metadata (the first write, nothing on
+    record yet) leaves a folder the next writer must clear, not trip over."""
+    path = tmp_path / "run.zarr"
+    store = TrajectoryStore.create_or_open(path, {"model": "x"}, {"m": {}})
+    real = root_mod._link
+
+    called = []
+
+    def killed(src, dst):
+        called.append(str(dst.relative_to(path)))
+        if dst.name != "zarr.json":
+            real(src, dst)
+            return
+        raise KeyboardInterrupt  # the folder and maybe chunks are there, its zarr.json not
+
+    monkeypatch.setattr(root_mod, "_link", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(result(100, "h1", "m"))
+    monkeypatch.undo()
+    cut = path / called[-1].split("/")[0]  # the array folder the kill cut short
+    assert cut.is_dir() and not (cut / "zarr.json").exists()
+    user = path / "notes"  # a user's folder in the store is never removed
+    user.mkdir()
+    (user / "mine.txt").write_text("keep")
+    again = TrajectoryStore.create_or_open(path, {"model": "x"}, {"m": {}})
+    again.sync_root(verify=True)
+    same(path)
+    assert (user / "mine.txt").read_text() == "keep"
+
+
 def test_variable_names_of_the_store_are_refused(tmp_path):
     store = TrajectoryStore.create_or_open(tmp_path / "r.zarr", {"model": "x"}, {"m": {}})
     res = result(100, "h1")
