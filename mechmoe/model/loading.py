@@ -19,6 +19,7 @@ from torch import nn
 
 from mechmoe._types import ExpertsImplementation
 from mechmoe.adapters.registry import get_adapter
+from mechmoe.backends.base import get_backend
 from mechmoe.core.checks import check_choice, entry_point
 from mechmoe.core.errors import (
     DamagedFileError,
@@ -160,12 +161,15 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         _no_built_model(opts, f"the model of source {name!r}")
         hf, tok = made
         hf.to(device=dev, dtype=torch_dtype)
-        return _checked_vocab(
+        handle = _checked_vocab(
             Model.from_hf(
                 hf, tokenizer if tokenizer is not None else tok, name=display, backend=backend
             ),
             given=tokenizer is not None,
         )
+        if get_backend(backend).checks_before_weights:  # refuse now, not at the first pass
+            handle.backend_impl  # noqa: B018
+        return handle
     if made is not None:
         name = os.fspath(made)
 
@@ -206,6 +210,7 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
 
     config = _hf_call(AutoConfig.from_pretrained, source, name, kwargs, what="config")
     spec = get_adapter(_architecture_from_config(config))
+    Model.check_backend(config, spec, name=display, backend=backend)
     if tokenizer is None:  # before the weights: a broken tokenizer is found at once
         tok_kwargs = {k: v for k, v in kwargs.items() if k in _TOKENIZER_KWARGS}
         tokenizer = _hf_call(

@@ -412,6 +412,14 @@ def _to_dataset(
         PROMPT: np.array(prompts, dtype=object),
         LAYER: np.arange(d.n_layers),
         "layer_kind": ((LAYER,), np.array(d.layer_kinds, dtype=object)),
+        # hybrids: "recurrent" layers (Mamba, linear attention) have no heads (NaN scores)
+        "mixer_kind": (
+            (LAYER,),
+            np.array(
+                [("attention" if d.has_heads(i) else "recurrent") for i in range(d.n_layers)],
+                dtype=object,
+            ),
+        ),
     }
     if level in ("neuron", "expert"):
         coords[EXPERT] = np.arange(scorer.E)
