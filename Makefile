@@ -30,14 +30,16 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check mechmoe tests benchmarks examples
+	$(BIN)/ruff check mechmoe tests benchmarks examples scripts
+	$(BIN)/python scripts/docs_pages.py --check
+	$(BIN)/mkdocs build --strict -q -d site
 	$(BIN)/lint-imports
 
 # Regenerate requirements.lock from pyproject in a scratch venv (torch first).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q torch==2.13.0
-	.lock-venv/bin/python -m pip install -q ".[dev,tl,gguf,distributed]"
+	.lock-venv/bin/python -m pip install -q ".[dev,tl,gguf,distributed,docs]"
 	.lock-venv/bin/python -m pip freeze --exclude mechmoe | sed 's/^torch==.*/torch==2.13.0/' > requirements.lock
 	rm -rf .lock-venv
 

@@ -1,4 +1,4 @@
-"""A third backend in about 160 lines: plain PyTorch forward hooks, no extra library.
+"""A third backend in about 170 lines: plain PyTorch forward hooks, no extra library.
 
 It shows everything a backend has to do (docs/backends.md): gather the spec's quantities
 at the batch's positions, apply edits at the sites it supports, and record what the edits
@@ -23,8 +23,10 @@ from typing import Any, ClassVar
 import torch
 
 from mechmoe.backends import Backend, RawCapture, RawLayer
+from mechmoe.backends.base import first as hidden_of
+from mechmoe.backends.base import read_router
 from mechmoe.core.edits import EditContext, Site, apply_edits
-from mechmoe.core.types import Batch, RouterOutput
+from mechmoe.core.types import Batch
 
 
 def _get(root: Any, path: str) -> Any:
@@ -77,7 +79,10 @@ class HooksBackend(Backend):
                 return replaced(args, kwargs, "input", z)
 
             def keep(name, rec=rec):
-                return lambda mod, args, out: rec.__setitem__(name, out[bidx, pidx]) and None
+                # a module's hidden output: the first element of a tuple, (B, T, d) or (B·T, d)
+                return lambda mod, args, out: (
+                    rec.__setitem__(name, hidden_of(out).reshape(B, T, -1)[bidx, pidx]) and None
+                )
 
             def ffn_input(mod, args, out, li=li, rec=rec):
                 rec["ffn_in"] = out[bidx, pidx]
@@ -85,20 +90,24 @@ class HooksBackend(Backend):
                     ctx.record_ffn_in(li, out.reshape(B * T, -1))
 
             def routing(mod, args, out, li=li, rec=rec):
-                r = RouterOutput(*out)
+                r = read_router(model, li, out)  # the spec says what the router returns
                 rec["router"] = r.rows(flat.reshape(-1))
                 if "routing" in ctx.needs:
                     ctx.record_routing(li, r)
 
             def ffn_out(mod, args, out, li=li, rec=rec):
-                out = apply_edits(edits, "ffn_out", li, out, ctx)
-                rec["ffn_raw"] = out[bidx, pidx]
-                return out
+                h = hidden_of(out)
+                new = apply_edits(edits, "ffn_out", li, h.reshape(B, T, -1), ctx).reshape(h.shape)
+                rec["ffn_raw"] = new.reshape(B, T, -1)[bidx, pidx]
+                return (new, *out[1:]) if isinstance(out, tuple) else new
 
             pre(layer, layer_in)
-            o_proj = _get(layer, spec.attn_out_proj)
-            pre(o_proj, z_in)
-            post(o_proj, keep("attn_raw"))
+            if model.dims.has_heads(li):
+                o_proj = _get(layer, spec.attn_out_proj)
+                pre(o_proj, z_in)
+                post(o_proj, keep("attn_raw"))
+            else:  # a token mixer without heads (Mamba): its output is what attention adds
+                post(_get(layer, spec.other_mixer), keep("attn_raw"))
             if spec.attn_out_norm:
                 post(_get(layer, spec.attn_out_norm), keep("attn_out"))
             if spec.ffn_in_norm:
@@ -120,6 +129,8 @@ class HooksBackend(Backend):
                 pre(_get(layer, spec.ffn), ffn_pre)
             if model.layer_kind(li) == "moe":
                 post(_get(layer, spec.moe.router), routing)
+                if spec.moe.shared is not None and not spec.moe.shared_in_ffn:
+                    post(_get(layer, spec.moe.shared.down), keep("shared_raw"))
             post(_get(layer, spec.ffn), ffn_out)
             if spec.ffn_out_norm:
                 post(_get(layer, spec.ffn_out_norm), keep("ffn_out"))
@@ -146,7 +157,7 @@ class HooksBackend(Backend):
         layers = tuple(
             RawLayer(
                 resid_pre=r["resid_pre"],
-                z=r["z"],
+                z=r.get("z"),
                 attn_raw=r["attn_raw"],
                 attn_out=r.get("attn_out"),
                 resid_mid=r["resid_mid"],
@@ -154,6 +165,7 @@ class HooksBackend(Backend):
                 router=r.get("router"),
                 ffn_raw=r["ffn_raw"],
                 ffn_out=r.get("ffn_out"),
+                shared_raw=r.get("shared_raw"),
             )
             for r in recs
         )

@@ -44,6 +44,9 @@ WeightLayout = Literal["linear", "conv1d"]
 #: Which tokens a capture keeps (a list of token indices is the third form).
 Positions = Literal["last", "all"]
 LayerKind = Literal["moe", "dense"]
+#: A layer's token mixer: attention (with heads) or a recurrent mixer without heads
+#: (Mamba, linear attention, short convolutions in hybrid stacks).
+MixerKind = Literal["attention", "recurrent"]
 
 # ---- options (checked by mechmoe.core.checks.check_choice) -------------------------------
 #: Attribution levels (docs/attribution.md); "layer" is "attn" and "ffn" side by side.

@@ -423,6 +423,69 @@ CASES = [
         InvalidInputError,
         "is not a result",
     ),
+    Case(
+        "api-open-result-garbage-chunk",
+        "api",
+        lambda t, f: _damaged_result(t),
+        DamagedFileError,
+        "variable 'score', chunk c/0 fails its checksum",
+    ),
+    # -- damaged trajectory stores: named, never read as NaN or garbage (store integrity) ----
+    *[
+        Case(
+            f"api-open-store-{damage}",
+            "api",
+            lambda t, f, damage=damage: _open_store(_damaged_store(t, damage)),
+            DamagedFileError,
+            fragment,
+        )
+        for damage, fragment in [
+            ("deleted-chunk", "step 200, measure 'm', variable 'score': chunk c/0 missing"),
+            ("truncated-chunk", "variable 'score': chunk c/0 has 5 bytes instead of"),
+            ("garbage-chunk", "variable 'score': chunk c/0 fails its checksum"),
+            ("deleted-measure-folder", "step 200, measure 'm', variable 'score'"),
+            ("deleted-record", "step 200: checkpoint.json missing"),
+            ("deleted-config", "config.json missing"),
+        ]
+    ],
+    Case(
+        "cli-analyze-damaged-store",
+        "cli",
+        lambda t, f: ["analyze", str(_damaged_store(t, "garbage-chunk"))],
+        DamagedFileError,
+        "chunk c/0 fails its checksum; nothing was read from the damaged parts",
+    ),
+    Case(
+        "cli-report-damaged-store",
+        "cli",
+        lambda t, f: ["report", str(_damaged_store(t, "deleted-chunk")), "--out", "report"],
+        DamagedFileError,
+        "run the same `mechmoe trajectory` command",
+    ),
+    Case(
+        "cli-trajectory-export-nc-is-the-store",
+        "cli",
+        lambda t, f: [*_trajectory(t, f), "--export-nc", "run.zarr"],
+        InvalidInputError,
+        "is the store itself (--out); name a netCDF file next to it, e.g. --export-nc run.nc",
+        before_work=True,
+    ),
+    Case(
+        "cli-trajectory-export-nc-earlier-export",
+        "cli",
+        lambda t, f: [*_trajectory(t, f), "--export-nc", str(_earlier_export(t))],
+        InvalidInputError,
+        "holds an earlier export; delete it or name another file",
+        before_work=True,
+    ),
+    Case(
+        "cli-trajectory-store-being-written",
+        "cli",
+        lambda t, f: _trajectory(t, f, locked=True),
+        OutputError,
+        "is being written by another mechmoe process",
+        before_work=True,
+    ),
     # -- what load() and the registries are given -------------------------------------------
     Case(
         "api-load-an-int",
@@ -686,6 +749,84 @@ CASES = [
         before_work=True,
     ),
 ]
+
+
+def _damaged_result(tmp: Path) -> Callable[[], Any]:
+    from mechmoe.ops.results import open_result
+
+    path = _earlier_result(tmp, "r.zarr")
+    chunk = path / "score" / "c" / "0"
+    chunk.write_bytes(b"\xff" * chunk.stat().st_size)
+    return lambda: open_result(path)
+
+
+def _damaged_store(tmp: Path, damage: str) -> Path:
+    """A trajectory store of two steps written through the store's API, then damaged."""
+    from mechmoe.trajectory.sources import Checkpoint
+    from mechmoe.trajectory.store import CheckpointResult, TrajectoryStore
+
+    path = tmp / "run.zarr"
+    store = TrajectoryStore.create_or_open(path, {"model": "x"}, {"m": {}})
+    for step in (100, 200):
+        ds = xr.Dataset({"score": ("layer", np.arange(3.0) + step)}, coords={"layer": [0, 1, 2]})
+        res = CheckpointResult(Checkpoint(step, label=f"s{step}"), f"h{step}", {"m": ds})
+        store.write(res)
+    part = next((path / "checkpoints" / "step_000000000200").iterdir())
+    chunk = part / "m.zarr" / "score" / "c" / "0"
+    if damage == "deleted-chunk":
+        chunk.unlink()
+    elif damage == "truncated-chunk":
+        chunk.write_bytes(chunk.read_bytes()[:5])
+    elif damage == "garbage-chunk":
+        chunk.write_bytes(b"\xff" * chunk.stat().st_size)
+    elif damage == "deleted-measure-folder":
+        shutil.rmtree(part / "m.zarr")
+    elif damage == "deleted-record":
+        (part / "checkpoint.json").unlink()
+    elif damage == "deleted-config":
+        (path / "config.json").unlink()
+    return path
+
+
+def _open_store(path: Path) -> Callable[[], Any]:
+    from mechmoe.trajectory import open_store
+
+    return lambda: open_store(path)
+
+
+_HELD: list[int] = []  # lock file descriptors kept open while a case runs
+
+
+def _trajectory(tmp: Path, files: dict[str, Path], *, locked: bool = False) -> list[str]:
+    """``mechmoe trajectory`` over a folder holding one checkpoint, into ``run.zarr``."""
+    ckpts = tmp / "ckpts"
+    ckpts.mkdir()
+    (ckpts / "step100").symlink_to(files["good"], target_is_directory=True)
+    if locked:  # another process is writing the store: here, this one holds its lock
+        import fcntl
+        import os
+
+        from mechmoe.core.writer import LOCK_NAME
+
+        path = _damaged_store(tmp, "none")
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, b"4242\n", 0)
+        _HELD.append(fd)
+    return ["trajectory", "m", "--checkpoints", str(ckpts), "--probe", "country_capital_city"] + [
+        "--measures",
+        "hit",
+        "--out",
+        "run.zarr",
+    ]
+
+
+def _earlier_export(tmp: Path) -> Path:
+    from mechmoe.core.writer import marker
+
+    path = tmp / "run.nc"
+    xr.Dataset({"x": ("s", [1.0])}, attrs=marker("trajectory")).to_netcdf(path, engine="h5netcdf")
+    return path
 
 
 def _api(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:

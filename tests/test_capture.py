@@ -22,12 +22,27 @@ def test_left_padding_matches_each_prompt_alone(family):
         for lc_t, lc_a in zip(together.layers, alone.layers, strict=True):
             assert torch.equal(lc_t.expert_idx[i], lc_a.expert_idx[0])
             for name in FIELDS:
+                # rtol: float32 rounding of residuals that grow large without a pre-norm
+                # (FlexOlmo's OLMo-2 layer: |x| ≈ 16 at the last layer)
                 torch.testing.assert_close(
-                    getattr(lc_t, name)[i], getattr(lc_a, name)[0], atol=1e-5, rtol=0
+                    getattr(lc_t, name)[i], getattr(lc_a, name)[0], atol=1e-5, rtol=1e-6
                 )
 
 
-@pytest.mark.parametrize("family", MOE_FAMILIES)
+def _plain_softmax_topk(family: str) -> bool:
+    moe = tiny_model(family).spec.moe
+    r = moe.routing
+    return (r.score, r.select, r.selection_bias, r.groups, r.scale) == (
+        "softmax",
+        "score",
+        None,
+        None,
+        None,
+    )
+
+
+# Families with other rules are checked against their own routers in tests/adapters.
+@pytest.mark.parametrize("family", [f for f in MOE_FAMILIES if _plain_softmax_topk(f)])
 def test_gates_follow_the_routing_rule(family):
     model = tiny_model(family)
     cap = model.capture(DEFAULT_PROMPTS)

@@ -192,13 +192,15 @@ def test_a_store_written_by_the_previous_version_resumes(tmp_path):
     """tests/data/store-written-by-9f69ee2 was written by mechmoe at 9f69ee2 (before load
     options were one value): ``sweep(LocalCheckpoints(ckpts, select="100"), probe=[PROMPT],
     measures=[ParameterNorm()], tokenizer=<step100>)`` on ``save_tiny("llama", seed=0/1)``
-    checkpoints. Its config keys are what this version writes, so it resumes."""
+    checkpoints. Its config keys are what this version writes, so it resumes; its zarr v2
+    parts are upgraded in place (checksums recorded, the plain-xarray root written)."""
     import json
     import shutil
     from pathlib import Path
 
     from mechmoe.testing import save_tiny
     from mechmoe.trajectory import LocalCheckpoints, sweep
+    from mechmoe.trajectory.store import FORMAT
     from mechmoe.trajectory.sweep import ParameterNorm, run_config
 
     old = Path(__file__).parent / "data" / "store-written-by-9f69ee2"
@@ -222,6 +224,11 @@ def test_a_store_written_by_the_previous_version_resumes(tmp_path):
     )
     assert summary.skipped == [100] and summary.done == [200] and not summary.failed
     assert mechmoe.open_store(store)["param_norm"].sizes["step"] == 2
+    # upgraded in place (checksums, the root): plain xarray reads what open_store reads
+    import xarray as xr
+
+    assert json.loads((store / "config.json").read_text())["format"] == FORMAT
+    assert xr.open_zarr(store).load().identical(mechmoe.open_store(store).load())
 
 
 def test_results_record_the_load_options():

@@ -4,7 +4,13 @@ Qwen-MoE configs may make some layers dense (``mlp_only_layers``,
 ``decoder_sparse_step``); those layers use the ``dense`` spec.
 """
 
-from mechmoe.adapters.spec import AdapterSpec, DenseMLPSpec, MoESpec, NormSpec
+from mechmoe.adapters.spec import (
+    AdapterSpec,
+    DenseMLPSpec,
+    MoESpec,
+    NormSpec,
+    RouterSpec,
+)
 
 QWEN2_MOE = AdapterSpec(
     name="qwen2_moe",
@@ -12,7 +18,7 @@ QWEN2_MOE = AdapterSpec(
     description="Qwen2-MoE: routed experts plus a sigmoid-gated shared expert",
     norm=NormSpec(kind="rmsnorm", eps=("rms_norm_eps",)),
     moe=MoESpec(
-        renormalize=("norm_topk_prob",),
+        routing=RouterSpec(renormalize=("norm_topk_prob",)),
         shared=DenseMLPSpec(
             gate="mlp.shared_expert.gate_proj",
             up="mlp.shared_expert.up_proj",
@@ -29,6 +35,6 @@ QWEN3_MOE = AdapterSpec(
     architectures=("Qwen3MoeForCausalLM",),
     description="Qwen3-MoE: routed experts, renormalised top-k, no shared expert",
     norm=NormSpec(kind="rmsnorm", eps=("rms_norm_eps",)),
-    moe=MoESpec(renormalize=("norm_topk_prob",)),
+    moe=MoESpec(routing=RouterSpec(renormalize=("norm_topk_prob",))),
     dense=DenseMLPSpec(),
 )

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechmoe.adapters.routing import route, selection_scores
 from mechmoe.core.checks import entry_point
 from mechmoe.core.edits import SITES, EditContext, Site, needs_of, sites_of
 from mechmoe.core.errors import (
@@ -45,15 +46,20 @@ class RawLayer:
     """What a backend gathered for one decoder layer at the batch's positions.
 
     Shapes are ``(batch, pos, …)``; ``router`` rows are ``batch·pos`` (the values the pass
-    actually used, after any router edit). ``z`` is the attention output projection's
-    input (``head·head_dim`` wide), ``attn_raw`` its output and ``attn_out`` the value
-    after the attention post-norm (``None`` where the spec has none); ``resid_mid`` is the
-    residual stream before the FFN's input norm, ``ffn_in`` the FFN's input, ``ffn_raw``
-    the FFN module's output and ``ffn_out`` the value after its post-norm (or ``None``).
+    actually used, after any router edit, read with :func:`read_router`). ``z`` is the
+    attention output projection's input (``head·head_dim`` wide; ``None`` on a layer
+    without heads), ``attn_raw`` its output (the spec's ``other_mixer`` output on a layer
+    without heads) and ``attn_out`` the value after the attention post-norm (``None``
+    where the spec has none); ``resid_mid`` is the residual stream before the FFN's input
+    norm, ``ffn_in`` the FFN's input, ``ffn_raw`` the FFN module's output (its first
+    element where the module returns a tuple), ``ffn_out`` the value after its post-norm
+    (or ``None``) and ``shared_raw`` the output of a shared expert that sits beside the
+    FFN module (the spec's ``shared_in_ffn=False``; its down projection's output).
+    Residual and logit scalars are applied by :func:`capture`, not by backends.
     """
 
     resid_pre: Float[Tensor, "batch pos d_model"]
-    z: Float[Tensor, "batch pos hd"]
+    z: Float[Tensor, "batch pos hd"] | None
     attn_raw: Float[Tensor, "batch pos d_model"]
     attn_out: Float[Tensor, "batch pos d_model"] | None
     resid_mid: Float[Tensor, "batch pos d_model"]
@@ -61,6 +67,7 @@ class RawLayer:
     router: RouterOutput | None
     ffn_raw: Float[Tensor, "batch pos d_model"]
     ffn_out: Float[Tensor, "batch pos d_model"] | None
+    shared_raw: Float[Tensor, "batch pos d_model"] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,11 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     #: The edit sites this backend can apply (class default; an instance may narrow it).
     sites: frozenset[Site] = frozenset(SITES)
+    #: Whether ``load()`` first builds this backend on a weightless (meta-device) copy of
+    #: the model, so a model it cannot run is refused by name before any weight is read.
+    checks_before_weights: ClassVar[bool] = False
+    #: False where a check on a weightless copy could not decide (the real load decides).
+    decided: bool = True
 
     def __init__(self, model: ModelView, native: Any = None) -> None:
         self.model = model
@@ -220,7 +232,7 @@ def capture(model: Any, batch: Batch, *, interventions: Any = None) -> Capture:
         batch=batch,
         layers=layers,
         final_resid=raw.final_resid,
-        logits=raw.logits,
+        logits=model.scale_logits(raw.logits),
         meta={
             "model": model.name,
             "revision": model.revision or "",
@@ -273,24 +285,41 @@ def _check_finite(model: Any, batch: Batch, raw: RawCapture) -> None:
 
 
 def _finish_layer(model: ModelView, li: int, raw: RawLayer, B: int) -> LayerCapture:
-    """Derive per-head vectors and neuron activations from the gathered values."""
+    """Derive per-head vectors, routing scores and neuron activations from the gathered values."""
+    m: Any = model  # the handle's routing and residual helpers
     dims = model.dims
     H, D = dims.n_heads, dims.head_dim
-    P = raw.z.shape[1]
-    head_z = raw.z.reshape(B, P, H, D)
-    w_o = model.W_O(li).reshape(-1, H, D)
-    heads = torch.einsum("bphk,dhk->bphd", head_z.to(w_o.dtype), w_o)
+    P = raw.resid_pre.shape[1]
+    if dims.has_heads(li) and raw.z is not None:
+        head_z = raw.z.reshape(B, P, H, D)
+        w_o = model.W_O(li).reshape(-1, H, D)
+        heads = torch.einsum("bphk,dhk->bphd", head_z.to(w_o.dtype), w_o)
+        mixer = "attention"
+    else:  # a token mixer without heads: zero heads, its whole output is A[l]
+        head_z = raw.resid_pre.new_zeros((B, P, 0, D))
+        heads = raw.resid_pre.new_zeros((B, P, 0, raw.resid_pre.shape[-1]))
+        mixer = "recurrent"
     x = raw.ffn_in
     weights = model.ffn_weights(li)
     kind = model.layer_kind(li)
     shared_acts = shared_gate = None
+    router_logits = selection = mixing = None
     if kind == "moe":
         if raw.router is None:
             raise MechmoeError(f"the backend returned no routing for MoE layer {li}")
         idx = raw.router.index.reshape(B, P, -1)
-        gate = raw.router.weights.reshape(B, P, -1)
+        mixing = raw.router.weights.reshape(B, P, -1)
         router_logits = raw.router.logits.reshape(B, P, -1)
-        acts = _chosen_activations(weights, x, idx)
+        rule = m.routing_rule(li)
+        selection = selection_scores(raw.router.logits, rule, bias=m.selection_bias(li)).reshape(
+            B, P, -1
+        )
+        if weights.gate_on == "input":  # the weight scaled the expert's input: acts hold it
+            acts = _chosen_activations(weights, x, idx, mixing)
+            gate = torch.ones_like(mixing)
+        else:
+            acts = _chosen_activations(weights, x, idx)
+            gate = mixing
         shared = model.shared_weights(li)
         if shared is not None:
             sw, g = shared
@@ -300,14 +329,16 @@ def _finish_layer(model: ModelView, li: int, raw: RawLayer, B: int) -> LayerCapt
     else:
         idx = torch.zeros((B, P, 1), dtype=torch.long, device=x.device)
         gate = torch.ones((B, P, 1), dtype=x.dtype, device=x.device)
-        router_logits = None
         acts = weights.activations(x.reshape(B * P, -1), 0).reshape(B, P, 1, -1)
+    ffn_raw = raw.ffn_raw if raw.shared_raw is None else raw.ffn_raw + raw.shared_raw
+    attn_out = raw.attn_out if raw.attn_out is not None else raw.attn_raw
+    ffn_out = raw.ffn_out if raw.ffn_out is not None else ffn_raw
     return LayerCapture(
         resid_pre=raw.resid_pre,
         head_z=head_z,
         heads=heads,
         attn_raw=raw.attn_raw,
-        attn_out=raw.attn_out if raw.attn_out is not None else raw.attn_raw,
+        attn_out=m.scale_residual(attn_out),
         resid_mid=raw.resid_mid,
         ffn_in=x,
         router_logits=router_logits,
@@ -316,22 +347,75 @@ def _finish_layer(model: ModelView, li: int, raw: RawLayer, B: int) -> LayerCapt
         acts=acts,
         shared_acts=shared_acts,
         shared_gate=shared_gate,
-        ffn_raw=raw.ffn_raw,
-        ffn_out=raw.ffn_out if raw.ffn_out is not None else raw.ffn_raw,
+        ffn_raw=ffn_raw,
+        ffn_out=m.scale_residual(ffn_out),
         kind=kind,
+        selection_scores=selection,
+        expert_weight=mixing,
+        mixer=mixer,
     )
 
 
-def _chosen_activations(weights: FFNWeights, x: Tensor, idx: Tensor) -> Tensor:
-    """Activations of each chosen expert, grouped by expert so each weight is read once."""
+def _chosen_activations(
+    weights: FFNWeights, x: Tensor, idx: Tensor, scale: Tensor | None = None
+) -> Tensor:
+    """Activations of each chosen expert on the input it received (``x``, or ``scale · x``
+    where the routing weight applies to the expert's input), grouped by expert so each
+    weight is read once."""
     B, P, K = idx.shape
     flat_x = x.reshape(B * P, -1)
     flat_idx = idx.reshape(B * P, K)
+    flat_scale = None if scale is None else scale.reshape(B * P, K)
     out = torch.zeros((B * P, K, weights.w_up.shape[1]), dtype=x.dtype, device=x.device)
     for e in torch.unique(flat_idx).tolist():
         rows, slots = torch.nonzero(flat_idx == e, as_tuple=True)
-        out[rows, slots] = weights.activations(flat_x[rows], e).to(out.dtype)
+        inp = flat_x[rows]
+        if flat_scale is not None:
+            inp = inp * flat_scale[rows, slots, None].to(inp.dtype)
+        out[rows, slots] = weights.activations(inp, e).to(out.dtype)
     return out.reshape(B, P, K, -1)
+
+
+# ---- routers: the family's output format <-> RouterOutput -------------------------------
+
+
+def read_router(model: Any, layer: int, output: Any) -> RouterOutput:
+    """A router module's output as :class:`RouterOutput` (logits, weights, index).
+
+    The spec's ``routing.returns`` says what the module returns, in order. A router that
+    returns a table of every expert's weight (Llama-4) is read at the experts its rule
+    chooses from the logits, which are the ones the table holds.
+    """
+    moe = model.spec.moe
+    fields = dict(zip(moe.routing.returns, output, strict=True))
+    logits = fields["logits"]
+    if "index" in fields:
+        return RouterOutput(logits, fields["weights"], fields["index"])
+    rule = model.routing_rule(layer)
+    _, index = route(logits, rule, k=model.dims.top_k[layer])
+    return RouterOutput(logits, fields["table"].gather(-1, index), index)
+
+
+def write_router(model: Any, layer: int, output: Any, routing: RouterOutput) -> tuple[Any, ...]:
+    """``output`` (a router module's own) with ``routing`` put in, in the module's format."""
+    moe = model.spec.moe
+    parts = []
+    for name, value in zip(moe.routing.returns, output, strict=True):
+        if name == "table":
+            table = torch.zeros_like(value)
+            table.scatter_(-1, routing.index.long(), routing.weights.to(value.dtype))
+            parts.append(table)
+        elif name == "index":
+            parts.append(routing.index.to(value.dtype))
+        else:
+            parts.append({"logits": routing.logits, "weights": routing.weights}[name])
+    return tuple(parts)
+
+
+def first(value: Any) -> Any:
+    """A module's hidden-state output: the first element where it returns a tuple
+    (GPT-OSS's MLP returns ``(hidden, router_scores)``, Llama-4's ``(hidden, logits)``)."""
+    return value[0] if isinstance(value, tuple) else value
 
 
 __all__ = [
@@ -343,6 +427,9 @@ __all__ = [
     "available_backends",
     "backend_for_native",
     "capture",
+    "first",
+    "read_router",
+    "write_router",
     "get_backend",
     "list_backends",
     "register_backend",

@@ -13,7 +13,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from mechmoe.backends.base import Backend, RawCapture, RawLayer
+from mechmoe.backends.base import (
+    Backend,
+    RawCapture,
+    RawLayer,
+    first,
+    read_router,
+    write_router,
+)
 from mechmoe.core.edits import SITES, EditContext, Site, apply_edits
 from mechmoe.core.types import Batch, RouterOutput
 
@@ -31,6 +38,17 @@ def _keeps_logits(hf: Any) -> bool:
         return "logits_to_keep" in inspect.signature(hf.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _edit_stacked(stacked: Any, n_experts: int, fn: Any) -> Any:
+    """Edit the summed output of experts that return every expert's output stacked
+    ``(E·rows, d)`` for the block to sum (Llama-4): the edit sees the sum, and the change
+    it makes is added to the first expert's rows, so the block's sum is the edited value."""
+    per = stacked.reshape(n_experts, -1, stacked.shape[-1])
+    total = per.sum(dim=0)
+    out = per.clone()
+    out[0] = out[0] + (fn(total) - total).to(out.dtype)
+    return out.reshape(stacked.shape)
 
 
 class NnsightBackend(Backend):
@@ -84,12 +102,16 @@ class NnsightBackend(Backend):
                     layer.input = edit("resid_pre", li, layer.input)
                 rec["resid_pre"] = layer.input[bidx, pidx].save()
 
-                o_proj = _envoy(layer, spec.attn_out_proj)
-                if "heads" in sites:
-                    new = edit("heads", li, o_proj.input.reshape(B, T, H, D))
-                    o_proj.input = new.reshape(B, T, H * D)
-                rec["z"] = o_proj.input[bidx, pidx].save()
-                rec["attn_raw"] = o_proj.output[bidx, pidx].save()
+                if dims.has_heads(li):
+                    o_proj = _envoy(layer, spec.attn_out_proj)
+                    if "heads" in sites:
+                        new = edit("heads", li, o_proj.input.reshape(B, T, H, D))
+                        o_proj.input = new.reshape(B, T, H * D)
+                    rec["z"] = o_proj.input[bidx, pidx].save()
+                    rec["attn_raw"] = o_proj.output[bidx, pidx].save()
+                else:  # a token mixer without heads (Mamba, linear attention)
+                    mixer = _envoy(layer, str(spec.other_mixer))
+                    rec["attn_raw"] = first(mixer.output).reshape(B, T, -1)[bidx, pidx].save()
                 if spec.attn_out_norm:
                     rec["attn_out"] = _envoy(layer, spec.attn_out_norm).output[bidx, pidx].save()
 
@@ -104,25 +126,46 @@ class NnsightBackend(Backend):
                 if keep_x:  # only when an edit reads it: every layer's full input is L·B·T·d
                     ctx.record_ffn_in(li, x_full.reshape(B * T, -1))
 
-                if model.layer_kind(li) == "moe":
+                moe_layer = model.layer_kind(li) == "moe"
+                if moe_layer:
                     assert spec.moe is not None
                     router = _envoy(layer, spec.moe.router)
+                    out = router.output
+                    routing = read_router(model, li, out)
                     if "router" in sites:
-                        new = edit("router", li, RouterOutput(*router.output))
-                        router.output = (new.logits, new.weights, new.index)
-                    logits, weights, index = router.output
+                        routing = edit("router", li, routing)
+                        router.output = write_router(model, li, out, routing)
                     if keep_routing:
-                        ctx.record_routing(li, RouterOutput(logits, weights, index))
+                        ctx.record_routing(li, routing)
                     rows = flat.reshape(-1)
-                    rec["router"] = (logits[rows].save(), weights[rows].save(), index[rows].save())
+                    rec["router"] = (
+                        routing.logits[rows].save(),
+                        routing.weights[rows].save(),
+                        routing.index[rows].save(),
+                    )
                     if "experts_out" in sites:
                         experts = _envoy(layer, spec.moe.experts)
-                        experts.output = edit("experts_out", li, experts.output)
+                        if spec.moe.output == "stacked":
+                            experts.output = _edit_stacked(
+                                experts.output,
+                                dims.n_experts[li],
+                                lambda v, li=li: edit("experts_out", li, v),
+                            )
+                        else:
+                            experts.output = edit("experts_out", li, experts.output)
 
                 ffn = _envoy(layer, spec.ffn)
-                if "ffn_out" in sites:
-                    ffn.output = edit("ffn_out", li, ffn.output)
-                rec["ffn_raw"] = ffn.output[bidx, pidx].save()
+                ffn_out = ffn.output
+                hidden = first(ffn_out)
+                if "ffn_out" in sites:  # some blocks return (rows, d): edits see (B, T, d)
+                    new = edit("ffn_out", li, hidden.reshape(B, T, -1)).reshape(hidden.shape)
+                    ffn.output = (new, *ffn_out[1:]) if isinstance(ffn_out, tuple) else new
+                    hidden = new
+                rec["ffn_raw"] = hidden.reshape(B, T, -1)[bidx, pidx].save()
+                if moe_layer and spec.moe is not None and not spec.moe.shared_in_ffn:
+                    assert spec.moe.shared is not None
+                    shared = _envoy(layer, spec.moe.shared.down)
+                    rec["shared_raw"] = shared.output.reshape(B, T, -1)[bidx, pidx].save()
                 if spec.ffn_out_norm:
                     rec["ffn_out"] = _envoy(layer, spec.ffn_out_norm).output[bidx, pidx].save()
                 saved.append(rec)
@@ -134,7 +177,7 @@ class NnsightBackend(Backend):
             layers=tuple(
                 RawLayer(
                     resid_pre=rec["resid_pre"],
-                    z=rec["z"],
+                    z=rec.get("z"),
                     attn_raw=rec["attn_raw"],
                     attn_out=rec.get("attn_out"),
                     resid_mid=rec["resid_mid"],
@@ -142,6 +185,7 @@ class NnsightBackend(Backend):
                     router=RouterOutput(*rec["router"]) if "router" in rec else None,
                     ffn_raw=rec["ffn_raw"],
                     ffn_out=rec.get("ffn_out"),
+                    shared_raw=rec.get("shared_raw"),
                 )
                 for rec in saved
             ),

@@ -69,7 +69,7 @@ class _LayerHooks:
     """The hook-point names of one decoder layer (``None`` where the spec has no module)."""
 
     block_in: str
-    z: str
+    z: str | None  # None on a layer without attention heads
     attn_raw: str
     attn_out: str | None
     resid_mid: str | None
@@ -82,6 +82,8 @@ class _LayerHooks:
     # where routed experts' sum can be edited: the experts' own hook_out, or the FFN's
     # hook_out when the FFN is nothing but the experts; None when neither is reachable
     experts_out: str | None = None
+    # the down projection of a shared expert that sits beside the FFN module
+    shared_out: str | None = None
 
 
 def _attr_path(root: Any, path: str) -> Any:
@@ -125,6 +127,28 @@ def _hook_name(obj: Any, which: str, *, what: str, wrappers: dict[int, Any]) -> 
     return str(name)
 
 
+def _check_router_layout(
+    router: Any, returns: tuple[str, ...], what: str, wrappers: dict[int, Any]
+) -> None:
+    """Refuse a router bridge that hooks other elements of the router's output than the
+    ones the adapter spec names (a bridge written for another transformers version)."""
+    comp = _component(router) or wrappers.get(id(router))
+    n = len(returns)
+    for field, attr in (
+        ("logits", "logits_index"),
+        ("weights", "weights_index"),
+        ("index", "indices_index"),
+    ):
+        at = getattr(comp, attr, None)
+        if at is not None and at % n != returns.index(field):
+            raise MechmoeError(
+                f"the TransformerLens bridge reads the router's {field} from element {at % n} "
+                f"of its output, but {what} returns them at element {returns.index(field)} "
+                f"({', '.join(returns)}): the bridge does not match this transformers "
+                "version's router; use backend='nnsight'"
+            )
+
+
 def _check_bridge(bridge: Any) -> None:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -137,6 +161,10 @@ def _check_bridge(bridge: Any) -> None:
             "the bridge is in compatibility mode (folded or centred weights); mechmoe reads "
             "the model's own weights: boot the bridge without enable_compatibility_mode()"
         )
+
+
+class _NeedsWeights(Exception):
+    """The bridge cannot be booted on a weightless (meta-device) copy of this family."""
 
 
 def boot_bridge(model: ModelView) -> Any:
@@ -166,6 +194,10 @@ def boot_bridge(model: ModelView) -> Any:
             model_name=model.name,
         )
     except (ValueError, NotImplementedError, KeyError) as err:
+        if "meta" in str(err) and any(p.is_meta for p in hf.parameters()):
+            # the bridge needs real weights to boot this family (GPT-2's fused QKV is
+            # split at boot): a weightless check cannot tell, the real load will
+            raise _NeedsWeights from None
         first = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise MechmoeError(
             f"TransformerLens cannot bridge {model.name} ({archs[0]}): {first}; "
@@ -199,6 +231,9 @@ class TransformerLensBackend(Backend):
 
     name: ClassVar[str] = "transformerlens"
     sites: frozenset[Site] = frozenset(SITES)
+    # whether the bridge hooks every quantity mechmoe reads depends on the family and the
+    # installed TransformerLens: found out on a weightless copy, before weights are read
+    checks_before_weights: ClassVar[bool] = True
 
     @classmethod
     def unwrap(cls, native: Any, *, tokenizer: Any = None) -> tuple[Any, Any, str]:
@@ -208,12 +243,21 @@ class TransformerLensBackend(Backend):
     def __init__(self, model: ModelView, native: Any = None) -> None:
         super().__init__(model, native)
         if native is None:
-            self.native = boot_bridge(model)
+            try:
+                self.native = boot_bridge(model)
+            except _NeedsWeights:  # a check before weights that cannot decide: loading will
+                self._layers, self._final_in, self._logits = [], "", ""
+                self.decided = False
+                return
         else:
             _check_bridge(native)
             if native.original_model is not model.hf:
                 raise InvalidInputError("the bridge wraps another HF model than this handle's")
-        self._layers, self._final_in, self._logits = self._hook_names()
+        try:
+            self._layers, self._final_in, self._logits = self._hook_names()
+        except MechmoeError as err:
+            archs = getattr(model.hf.config, "architectures", None) or [type(model.hf).__name__]
+            raise MechmoeError(f"{model.name} ({archs[0]}): {err}") from None
         # routed experts are reachable only where the bridge wraps them, or where the FFN
         # is nothing but them; an edit there elsewhere fails by name before the pass
         if any(h.router_index is not None and h.experts_out is None for h in self._layers):
@@ -241,12 +285,14 @@ class TransformerLensBackend(Backend):
             ffn_in = hook(spec.ffn, "hook_in")
             ffn_out = hook(spec.ffn, "hook_out")
             assert ffn_in is not None and ffn_out is not None
+            heads = model.dims.has_heads(li)
+            mixer = spec.attn_out_proj if heads else str(spec.other_mixer)
             layer = _LayerHooks(
                 block_in=_hook_name(
                     blocks[li], "hook_in", what=f"decoder layer {li}", wrappers=wrappers
                 ),
-                z=str(hook(spec.attn_out_proj, "hook_in")),
-                attn_raw=str(hook(spec.attn_out_proj, "hook_out")),
+                z=hook(spec.attn_out_proj, "hook_in") if heads else None,
+                attn_raw=str(hook(mixer, "hook_out")),
                 attn_out=hook(spec.attn_out_norm, "hook_out"),
                 resid_mid=hook(spec.ffn_in_norm, "hook_in"),
                 ffn_in=ffn_in,
@@ -265,8 +311,19 @@ class TransformerLensBackend(Backend):
                     experts_out = ffn_out
                 else:
                     experts_out = None
+                if spec.moe.routing.returns != ("logits", "weights", "index"):
+                    raise MechmoeError(
+                        f"the router of layer {li} ({spec.moe.router}) returns "
+                        f"{', '.join(spec.moe.routing.returns)}, and the TransformerLens "
+                        "bridge hooks only routers that return (logits, weights, index); "
+                        "use backend='nnsight'"
+                    )
+                _check_router_layout(router, spec.moe.routing.returns, what, wrappers)
                 layer = replace(
                     layer,
+                    shared_out=None
+                    if spec.moe.shared_in_ffn or spec.moe.shared is None
+                    else hook(spec.moe.shared.down, "hook_out"),
                     router_logits=_hook_name(router, "hook_out", what=what, wrappers=wrappers),
                     router_weights=_hook_name(
                         router, "hook_expert_weights", what=what, wrappers=wrappers
@@ -303,7 +360,8 @@ class TransformerLensBackend(Backend):
 
         def keep(rec: dict[str, Any], key: str) -> HookFn:
             def fn(x: Tensor, hook: Any) -> None:
-                rec[key] = x[bidx, pidx]
+                # (batch, seq, d), or (batch·seq, d) where a block flattens its tokens
+                rec[key] = x.reshape(B, T, -1)[bidx, pidx]
 
             return fn
 
@@ -327,7 +385,9 @@ class TransformerLensBackend(Backend):
                 if keep_x:  # only when an edit reads it: every layer's full input is L·B·T·d
                     ctx.record_ffn_in(li, x.reshape(B * T, -1))
 
-            hooks += [(names.block_in, resid_pre), (names.z, z)]
+            hooks.append((names.block_in, resid_pre))
+            if names.z is not None:
+                hooks.append((names.z, z))
             hooks.append((names.attn_raw, keep(rec, "attn_raw")))
             if names.attn_out is not None:
                 hooks.append((names.attn_out, keep(rec, "attn_out")))
@@ -355,11 +415,13 @@ class TransformerLensBackend(Backend):
                 if experts_here:  # this FFN is the routed experts alone
                     x = edit("experts_out", li, x.reshape(-1, x.shape[-1])).reshape(x.shape)
                 if "ffn_out" in sites:
-                    x = edit("ffn_out", li, x)
-                rec["ffn_raw"] = x[bidx, pidx]
+                    x = edit("ffn_out", li, x.reshape(B, T, -1)).reshape(x.shape)
+                rec["ffn_raw"] = x.reshape(B, T, -1)[bidx, pidx]
                 return x
 
             hooks.append((names.ffn_out, ffn_out))
+            if names.shared_out is not None:
+                hooks.append((names.shared_out, keep(rec, "shared_raw")))
             if names.ffn_post is not None:
                 hooks.append((names.ffn_post, keep(rec, "ffn_out")))
         hooks.append((self._final_in, keep(top, "final_resid")))
@@ -424,8 +486,10 @@ class TransformerLensBackend(Backend):
 
     def _raw(self, recs: list[dict[str, Any]], top: dict[str, Tensor]) -> RawCapture:
         missing = [k for k in ("final_resid", "logits") if k not in top]
-        need = ("resid_pre", "z", "attn_raw", "ffn_in", "ffn_raw")
-        for li, rec in enumerate(recs):
+        for li, (rec, names) in enumerate(zip(recs, self._layers, strict=True)):
+            need = ("resid_pre", "z", "attn_raw", "ffn_in", "ffn_raw")
+            if names.z is None:
+                need = tuple(k for k in need if k != "z")
             missing += [f"{k} of layer {li}" for k in need if k not in rec]
         if missing:
             raise MechmoeError(
@@ -436,7 +500,7 @@ class TransformerLensBackend(Backend):
         layers = tuple(
             RawLayer(
                 resid_pre=rec["resid_pre"],
-                z=rec["z"],
+                z=rec.get("z"),
                 attn_raw=rec["attn_raw"],
                 attn_out=rec.get("attn_out"),
                 resid_mid=rec.get("resid_mid", rec["ffn_in"]),
@@ -444,6 +508,7 @@ class TransformerLensBackend(Backend):
                 router=rec.get("router"),
                 ffn_raw=rec["ffn_raw"],
                 ffn_out=rec.get("ffn_out"),
+                shared_raw=rec.get("shared_raw"),
             )
             for rec in recs
         )

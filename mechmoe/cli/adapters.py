@@ -9,12 +9,13 @@ import typer
 from rich.table import Table
 
 from mechmoe._types import Positions
-from mechmoe.adapters import get_adapter, list_adapters
+from mechmoe.adapters.registry import NOT_EXPRESSIBLE
 from mechmoe.cli._common import PromptsOpt, choice, console
 from mechmoe.cli._inputs import read_prompts_noting
 from mechmoe.cli._loading import load_model, load_options
 from mechmoe.model import LoadOptions
 from mechmoe.ops.conformance import IDENTITIES, check_model
+from mechmoe.zoo.support import COLUMNS, support_markdown, support_rows
 from mechmoe.zoo.tiny import TINY_FAMILIES
 
 app = typer.Typer(
@@ -25,22 +26,37 @@ PositionsOpt = choice(Positions, "--positions", help="'all' tokens (default) or 
 
 
 @app.command("list")
-def list_cmd() -> None:
-    """List every registered adapter and what its spec says."""
+def list_cmd(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the table as markdown (docs/adapters.md).")
+    ] = False,
+    backends: Annotated[
+        bool,
+        typer.Option(
+            "--backends/--no-backends",
+            help="Check which families TransformerLens runs (on weightless copies; slower).",
+        ),
+    ] = True,
+) -> None:
+    """List every registered adapter: its router, layers, levels, edits and backends.
+
+    The same table as docs/adapters.md ("Support table"), built from the registry.
+    """
+    if markdown:
+        typer.echo(support_markdown(backends=backends), nl=False)
+        return
     table = Table(title="mechmoe adapters")
-    for col in ("architecture", "adapter", "FFN", "norm", "post-norms", "description"):
-        table.add_column(col)
-    for arch in list_adapters():
-        spec = get_adapter(arch)
-        ffn = "MoE" if spec.moe else "dense"
-        if spec.moe and spec.dense:
-            ffn = "MoE (+dense layers)"
-        if spec.moe and spec.moe.shared:
-            ffn += " +shared"
-        norm = spec.norm.kind + ("" if spec.norm.weight else " (no weight)")
-        post = "yes" if (spec.attn_out_norm or spec.ffn_out_norm) else ""
-        table.add_row(arch, spec.name, ffn, norm, post, spec.description)
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold", no_wrap=col in ("architecture", "adapter"))
+    for row in support_rows(backends=backends):
+        table.add_row(*(cell.replace("`", "") for cell in row.cells()))
     console.print(table)
+    refused = Table(title="refused: what the description cannot state yet")
+    refused.add_column("architecture", no_wrap=True)
+    refused.add_column("missing", overflow="fold")
+    for arch, why in NOT_EXPRESSIBLE.items():
+        refused.add_row(arch, why)
+    console.print(refused)
 
 
 @app.command("check")
@@ -58,7 +74,7 @@ def check_cmd(
     prompts: PromptsOpt = None,
     positions: PositionsOpt = "all",
 ) -> None:
-    """Check the five conformance identities and print the worst error of each."""
+    """Check the six conformance identities and print the worst error of each."""
     names = models or [f"tiny:{f}" for f in TINY_FAMILIES]
     prompt_list = list(read_prompts_noting(prompts).prompts) if prompts else None
     table = Table(title="conformance (worst |error|; ✓ within tolerance × max(1, scale))")

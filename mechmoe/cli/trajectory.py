@@ -13,11 +13,11 @@ from mechmoe.cli._common import OverwriteOpt, choice, console
 from mechmoe.cli._inputs import load_probe_noting
 from mechmoe.cli._loading import LOAD_OPTIONS, load_options
 from mechmoe.core.errors import InvalidInputError
-from mechmoe.core.writer import prepare_output
+from mechmoe.core.writer import prepare_output, recognize
 from mechmoe.model import LoadOptions
 from mechmoe.trajectory import HubRevisions, LocalCheckpoints, SweepSummary, sweep
 from mechmoe.trajectory.measures import DEFAULT_MEASURES
-from mechmoe.trajectory.store import KIND, export_netcdf
+from mechmoe.trajectory.store import KIND, Status, export_netcdf
 
 app = typer.Typer()
 
@@ -99,7 +99,12 @@ def trajectory(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", help="torch threads per worker (default: 1 on Dask).", min=1),
+        typer.Option(
+            "--threads",
+            help="torch threads per checkpoint, on every executor (default: the store's, "
+            "or torch's setting for a new store).",
+            min=1,
+        ),
     ] = None,
     export_nc: Annotated[
         Path | None,
@@ -121,9 +126,7 @@ def trajectory(
         )
     prepare_output(out, kind=KIND, overwrite=overwrite, append=True)
     if export_nc is not None:
-        prepare_output(export_nc, kind=KIND, overwrite=overwrite)
-        if export_nc.suffix.lower() != ".nc":
-            raise InvalidInputError(f"--export-nc {str(export_nc)!r} must end in .nc")
+        _check_export(export_nc, out, overwrite)
     names = _measure_names(measures)
     probe_set = load_probe_noting(probe, limit=probe_items)
     if checkpoints is not None:
@@ -157,6 +160,23 @@ def trajectory(
         raise typer.Exit(1)
 
 
+def _check_export(export_nc: Path, out: Path, overwrite: bool) -> None:
+    """--export-nc names a new .nc file (or, with --overwrite, an earlier export)."""
+    if export_nc.expanduser().absolute() == out.expanduser().absolute():
+        raise InvalidInputError(
+            f"--export-nc {str(export_nc)!r} is the store itself (--out); name a netCDF file "
+            f"next to it, e.g. --export-nc {out.with_suffix('.nc')}"
+        )
+    if export_nc.suffix.lower() != ".nc":
+        raise InvalidInputError(f"--export-nc {str(export_nc)!r} must end in .nc")
+    if not overwrite and export_nc.is_file() and recognize(export_nc) == KIND:
+        raise InvalidInputError(
+            f"--export-nc {str(export_nc)!r} holds an earlier export; delete it or name "
+            "another file (--overwrite would also start the store over)"
+        )
+    prepare_output(export_nc, kind=KIND, overwrite=overwrite)
+
+
 def _measure_names(text: str) -> list[str]:
     if text.strip().lower() == "all":
         return list(DEFAULT_MEASURES)
@@ -168,13 +188,14 @@ def _measure_names(text: str) -> list[str]:
 
 def _print_summary(summary: SweepSummary) -> None:
     rows = summary.rows()
-    shown = rows if len(rows) <= MAX_ROWS else [r for r in rows if r[2] in ("failed", "duplicate")]
+    notable = (Status.FAILED, Status.DUPLICATE)
+    shown = rows if len(rows) <= MAX_ROWS else [r for r in rows if r[2] in notable]
     if shown:
         table = Table(title=f"checkpoints → {summary.store}")
         for col in ("step", "checkpoint", "status", "detail"):
             table.add_column(col, justify="right" if col == "step" else "left")
         for step, label, status, detail in shown:
-            style = {"failed": "red", "duplicate": "yellow"}.get(status)
+            style = {Status.FAILED: "red", Status.DUPLICATE: "yellow"}.get(status)
             table.add_row(str(step), label, f"[{style}]{status}[/]" if style else status, detail)
         console.print(table)
     totals = Table(title="summary")

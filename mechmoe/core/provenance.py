@@ -276,6 +276,10 @@ def _model_attrs(model: Any, *, weights: bool | str) -> dict[str, Attr]:
         out["is_moe"] = int(bool(dims.is_moe))
         out["top_k"] = int(max(dims.top_k)) if dims.is_moe else 1
         out["n_experts"] = int(max(dims.n_experts)) if dims.is_moe else 1
+    for key in ("routing_summary", "experts_implementation"):  # MoE handles describe both
+        value = getattr(model, key, None)
+        if isinstance(value, str) and value:
+            out[key.removesuffix("_summary")] = value
     try:
         dtype = getattr(model, "dtype", None)
     except StopIteration:  # a module without parameters

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechmoe._types import LayerKind, NormKind
+from mechmoe._types import LayerKind, MixerKind, NormKind
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -42,24 +42,64 @@ class FFNWeights:
 
     ``w_gate``/``w_up`` are ``(expert, neuron, d_model)``, ``w_down`` is
     ``(expert, d_model, neuron)``; a dense MLP has one expert. ``w_gate`` is ``None`` for
-    an ungated MLP, whose neurons are ``act(W_up x + b_up)``.
+    an ungated MLP, whose neurons are ``act(W_up x + b_up)``. Biases are per expert:
+    ``b_gate``/``b_up`` ``(expert, neuron)`` and ``b_down`` ``(expert, d_model)`` (an
+    expert's down bias belongs to the expert, not to a neuron).
+
+    A gated neuron is ``act(clamp(g, max=limit)) · (clamp(u, ±limit) + up_offset)`` with
+    ``g = W_gate x + b_gate`` and ``u = W_up x + b_up`` (``limit=None``: no clamp; plain
+    SwiGLU has ``up_offset=0``). ``gate_on`` says where the routing weight applies:
+    ``"output"`` (it multiplies the expert's output) or ``"input"`` (it multiplies the
+    token before the expert, as in Llama-4). ``project``, when set, computes ``(g, u)`` of
+    one expert from the stored fused weight the way the family does (one product, no
+    strided copies); the views give the same values.
     """
 
     w_gate: Float[Tensor, "expert neuron d_model"] | None
     w_up: Float[Tensor, "expert neuron d_model"]
     w_down: Float[Tensor, "expert d_model neuron"]
     b_up: Float[Tensor, "expert neuron"] | None
-    b_down: Float[Tensor, " d_model"] | None
+    b_down: Float[Tensor, "expert d_model"] | None
     act: Callable[[Tensor], Tensor]
+    b_gate: Float[Tensor, "expert neuron"] | None = None
+    limit: float | None = None
+    up_offset: float = 0.0
+    gate_on: Literal["output", "input"] = "output"
+    project: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None
 
     def activations(self, x: Float[Tensor, "n d_model"], expert: int) -> Float[Tensor, "n neuron"]:
         """Neuron activations of ``expert`` for inputs ``x``, computed from the weights."""
-        up = x @ self.w_up[expert].T
-        if self.b_up is not None:
-            up = up + self.b_up[expert]
         if self.w_gate is None:
+            up = x @ self.w_up[expert].T
+            if self.b_up is not None:
+                up = up + self.b_up[expert]
             return self.act(up)
-        return self.act(x @ self.w_gate[expert].T) * up
+        if self.project is not None:
+            gate, up = self.project(x, expert)
+        else:
+            gate = x @ self.w_gate[expert].T
+            up = x @ self.w_up[expert].T
+            if self.b_gate is not None:
+                gate = gate + self.b_gate[expert]
+            if self.b_up is not None:
+                up = up + self.b_up[expert]
+        if self.limit is not None:
+            gate = gate.clamp(min=None, max=self.limit)
+            up = up.clamp(min=-self.limit, max=self.limit)
+        if self.up_offset:
+            up = up + self.up_offset
+        return self.act(gate) * up
+
+    def coefficients(
+        self, x: Float[Tensor, "n d_model"], expert: int, weight: Float[Tensor, " n"]
+    ) -> Float[Tensor, "n neuron"]:
+        """What multiplies each down-projection column of ``expert`` when it is routed
+        ``x`` with routing weight ``weight``: ``weight · m(x)``, or ``m(weight · x)`` where
+        the weight applies to the expert's input."""
+        w = weight.to(x.dtype)[:, None]
+        if self.gate_on == "input":
+            return self.activations(x * w, expert)
+        return w * self.activations(x, expert)
 
 
 @dataclass(frozen=True)
@@ -77,10 +117,21 @@ class ModelDims:
     top_k: tuple[int, ...]
     d_ffn: tuple[int, ...]
     d_shared: tuple[int | None, ...]
+    #: Each layer's token mixer (empty: every layer has attention heads).
+    mixer_kinds: tuple[MixerKind, ...] = ()
 
     @property
     def is_moe(self) -> bool:
         return "moe" in self.layer_kinds
+
+    def has_heads(self, layer: int) -> bool:
+        """Whether layer ``layer``'s token mixer is attention (hybrids: Mamba layers have none)."""
+        return not self.mixer_kinds or self.mixer_kinds[layer] == "attention"
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The layers that have attention heads."""
+        return tuple(i for i in range(self.n_layers) if self.has_heads(i))
 
 
 @dataclass(frozen=True)
@@ -119,17 +170,26 @@ class Batch:
 class LayerCapture:
     """What one decoder layer did at the captured positions.
 
-    ``resid_pre`` is ``h[l-1]``; ``attn_out`` is ``A[l]`` (after any output norm) and
-    ``attn_raw`` the attention output projection before it; ``resid_mid`` is ``r[l]``;
-    ``ffn_in`` is the FFN input ``x`` (after its norm); ``ffn_raw`` the FFN module's output
-    and ``ffn_out`` is ``F[l]`` (after any output norm). ``head_z`` is each head's slice of
-    the output projection's input and ``heads`` each head's contribution through its slice
-    of ``W_O`` (no bias), in ``d_model`` space.
+    ``resid_pre`` is ``h[l-1]``; ``attn_out`` is ``A[l]`` (after any output norm and the
+    family's residual multiplier) and ``attn_raw`` the attention output projection before
+    them (on a layer without heads, ``mixer="recurrent"``: the token mixer's output);
+    ``resid_mid`` is ``r[l]``; ``ffn_in`` is the FFN input ``x`` (after its norm);
+    ``ffn_raw`` the FFN's output (plus a shared expert that sits beside the FFN module)
+    and ``ffn_out`` is ``F[l]`` (after any output norm and residual multiplier).
+    ``head_z`` is each head's slice of the output projection's input and ``heads`` each
+    head's contribution through its slice of ``W_O`` (no bias, no residual multiplier),
+    in ``d_model`` space; a layer without heads has zero of them.
 
-    Routing: ``expert_idx``/``expert_gate`` are the chosen experts and the gate weights
-    the forward pass actually used, one per slot (dense layers: one slot, expert 0,
-    gate 1). ``acts`` are the chosen experts' neuron activations ``act(W_gate x) ⊙ W_up x``.
-    ``shared_acts``/``shared_gate`` describe a shared expert where the family has one.
+    Routing: ``router_logits`` are the router's logits over all experts,
+    ``selection_scores`` what its top-k ranked (score plus any selection bias, or the
+    logits where the family selects on them), ``expert_weight`` the routing weight of each
+    chosen expert as the router gave it (unbiased, renormalised where the family does,
+    with its scaling factor), one per slot. ``expert_gate`` is the factor on each chosen
+    expert's *output*: the routing weight, or 1 where the family applies the weight to
+    the expert's input (Llama-4). ``acts`` are the chosen experts' neuron activations on
+    the input each expert actually received, so ``expert_gate · acts[k]`` is the
+    coefficient of down-projection column ``k`` (dense layers: one slot, expert 0, gate
+    1). ``shared_acts``/``shared_gate`` describe a shared expert where the family has one.
     """
 
     resid_pre: Float[Tensor, "batch pos d_model"]
@@ -148,6 +208,9 @@ class LayerCapture:
     ffn_raw: Float[Tensor, "batch pos d_model"]
     ffn_out: Float[Tensor, "batch pos d_model"]
     kind: Literal["moe", "dense"] = "dense"
+    selection_scores: Float[Tensor, "batch pos expert"] | None = None
+    expert_weight: Float[Tensor, "batch pos slot"] | None = None
+    mixer: MixerKind = "attention"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ over time). The guarantees, documented for users in ``docs/files.md``:
   write becomes one :class:`~mechmoe.core.errors.OutputError`. Temporaries left by a process
   that was killed outright (``SIGKILL``, power loss) carry its pid; the next writer of the
   same name removes them once that process is gone, and readers skip dot-names.
+* A folder's marker records the size and CRC-32C of every file written
+  (:func:`verify_output` compares them); a folder that grows logs what each
+  :meth:`Output.child` added. Replacing an output (or a child) replaces only those files:
+  anything a user added is carried over into the new one (:func:`foreign_files`).
+* :meth:`Output.lock` makes one process the only writer of a folder that grows.
 
 How an earlier output is recognised (its *kind* is a short name such as ``"result"``):
 
@@ -61,8 +66,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
@@ -71,6 +76,10 @@ from mechmoe.core.errors import OutputError
 
 #: Name of the marker file inside a folder output.
 MARKER_NAME = ".mechmoe.json"
+#: Ownership log of a folder output that grows (one JSON line per committed child).
+LOG_NAME = ".mechmoe.files"
+#: Lock file held by the one process that adds to a folder output (:meth:`Output.lock`).
+LOCK_NAME = ".mechmoe.lock"
 #: Key (attribute, JSON key, PNG text key) naming the kind of a mechmoe output.
 MARKER_KEY = "mechmoe_kind"
 #: Version of the marker layout.
@@ -213,6 +222,192 @@ def recognize(path: str | os.PathLike[str], *, suffix: str | None = None) -> str
     except Exception:
         return None
     return None
+
+
+# ---- what is inside a folder output: checksums and ownership ------------------------------
+_WRITER_NAMES = frozenset({MARKER_NAME, LOG_NAME, LOCK_NAME})
+
+
+def file_checksum(path: str | os.PathLike[str]) -> str:
+    """CRC-32C of a file's bytes, as 8 hex digits (the checksum zarr v3's ``crc32c`` uses)."""
+    import google_crc32c
+
+    crc = google_crc32c.Checksum()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            crc.update(block)
+    return crc.hexdigest().decode()
+
+
+def _walk_files(folder: Path) -> Iterator[str]:
+    """Relative POSIX paths of the files under ``folder``, dot-names skipped, sorted."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(root).relative_to(folder)
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield (base / name).as_posix()
+
+
+def file_manifest(
+    folder: str | os.PathLike[str], files: Iterable[str] | None = None
+) -> dict[str, list[Any]]:
+    """``{relative path: [size, crc32c]}`` of every file under ``folder`` (dot-names skipped).
+
+    What :func:`check_manifest` later compares the folder with; ``files`` limits it to
+    those relative paths.
+    """
+    folder = Path(folder)
+    names = _walk_files(folder) if files is None else sorted(files)
+    return {rel: [(folder / rel).stat().st_size, file_checksum(folder / rel)] for rel in names}
+
+
+def check_manifest(
+    folder: str | os.PathLike[str], manifest: dict[str, Any], *, checksums: bool = True
+) -> list[tuple[str, str]]:
+    """The files of ``manifest`` that are damaged under ``folder``: ``[(path, problem)]``.
+
+    A problem is ``"missing"``, ``"has N bytes instead of M"`` or ``"fails its checksum"``
+    (read only with ``checksums``; otherwise sizes alone are compared). Files that are not
+    in the manifest are not looked at.
+    """
+    folder = Path(folder)
+    out: list[tuple[str, str]] = []
+    for rel, entry in manifest.items():
+        try:
+            size, crc = int(entry[0]), str(entry[1])
+        except (TypeError, ValueError, IndexError):
+            out.append((rel, "has an unreadable entry in the manifest"))
+            continue
+        p = folder / rel
+        try:
+            found = p.stat().st_size if p.is_file() else None
+        except OSError:
+            found = None
+        if found is None:
+            out.append((rel, "missing"))
+        elif found != size:
+            out.append((rel, f"has {found} bytes instead of {size}"))
+        elif checksums and file_checksum(p) != crc:
+            out.append((rel, "fails its checksum"))
+    return out
+
+
+def _read_marker(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def verify_output(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Damaged files of a folder output written in one piece (:meth:`Output.writing`).
+
+    Compares every file with the size and CRC-32C recorded in its marker when it was
+    written: ``[(relative path, problem)]``, empty when intact (or when the output was
+    written before mechmoe recorded checksums).
+    """
+    folder = Path(path)
+    files = _read_marker(folder).get("files")
+    if not isinstance(files, dict):
+        return []
+    return check_manifest(folder, files)
+
+
+def _ownership(folder: Path) -> tuple[set[str], set[str]] | None:
+    """Files and whole trees mechmoe wrote inside ``folder``; ``None``: all of it is mechmoe's.
+
+    From the marker's file list and the log of children. An output written before mechmoe
+    kept that record counts as mechmoe's entirely.
+    """
+    files = _read_marker(folder).get("files")
+    if not isinstance(files, dict):
+        return None
+    owned, trees = set(files), set()
+    try:
+        lines = (folder / LOG_NAME).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("tree"), str):
+            trees.add(entry["tree"])
+        owned.update(str(f) for f in entry.get("files", []) if isinstance(f, str))
+    return owned, trees
+
+
+def _is_owned(rel: str, owned: set[str], trees: set[str]) -> bool:
+    if rel in owned:
+        return True
+    parts = rel.split("/")
+    return any("/".join(parts[:i]) in trees for i in range(1, len(parts) + 1))
+
+
+def foreign_files(path: str | os.PathLike[str], under: str = "") -> list[str]:
+    """Files inside a mechmoe folder output that mechmoe did not write (a user's notes, plots).
+
+    Relative to ``path``; ``under`` limits the answer to that sub-folder. Such files are
+    carried over when the output (or the child ``under``) is replaced.
+    """
+    folder = Path(path)
+    found = _ownership(folder)
+    if found is None:
+        return []
+    owned, trees = found
+    start = folder / under if under else folder
+    if not start.is_dir():
+        return []
+    out = []
+    for root, dirs, files in os.walk(start):
+        base = Path(root).relative_to(folder)
+        dirs[:] = sorted(d for d in dirs if not _TMP_RE.match(d))
+        for name in sorted(files):
+            rel = (base / name).as_posix()
+            if (base == Path(".") and name in _WRITER_NAMES) or _TMP_RE.match(name):
+                continue
+            if not _is_owned(rel, owned, trees):
+                out.append(rel)
+    return sorted(out)
+
+
+def checksummed_zarr_encoding(ds: Any) -> dict[str, dict[str, Any]]:
+    """``to_zarr`` encoding that gives every array of ``ds`` zstd and a CRC-32C per chunk.
+
+    zarr v3 checks the ``crc32c`` codec whenever a chunk is decoded, so a damaged chunk
+    fails to read instead of decoding to garbage (write with ``zarr_format=3`` and
+    ``write_empty_chunks=True``, so that every chunk exists and a missing one is damage).
+    """
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return {
+        str(name): {"compressors": (ZstdCodec(level=0), Crc32cCodec())} for name in ds.variables
+    }
+
+
+def zarr_location(rel: str) -> tuple[str | None, str]:
+    """``(variable, what)`` of a file inside a zarr v3 group: ``("score", "chunk c/0/1")``.
+
+    ``variable`` is ``None`` for the group's own metadata.
+    """
+    parts = PurePosixPath(rel).parts
+    if len(parts) == 1:
+        return None, f"group metadata {rel}"
+    name, rest = parts[0], "/".join(parts[1:])
+    return name, ("metadata zarr.json" if rest == "zarr.json" else f"chunk {rest}")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 # ---- signals ----------------------------------------------------------------------------
@@ -461,6 +656,7 @@ class Output:
     overwrite: bool = False
     append: bool = False
     previous: bool = False
+    _logged: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Path]:
@@ -468,6 +664,9 @@ class Output:
 
         For a folder output the temporary is an empty folder; for a file, a path that
         does not exist yet. Use a synchronous scheduler for dask-backed data inside.
+        A folder's marker records the size and CRC-32C of every file written
+        (:func:`verify_output` checks them); files a user added inside an earlier output
+        that this one replaces are carried over into the new one.
         """
         if self.previous and not self.overwrite and recognize(self.path) == self.kind:
             raise OutputError(
@@ -503,8 +702,55 @@ class Output:
         final.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(final.parent, final.name)
         is_folder = is_folder_path(final) if folder is None else folder
-        with self._write(final, folder=is_folder, mark=False) as tmp:
+        with self._write(final, folder=is_folder, mark=False, rel=rel.as_posix()) as tmp:
             yield tmp
+
+    def own(self, relpath: str) -> None:
+        """Record that the tree ``relpath`` inside this folder output is mechmoe's.
+
+        For files a library writes in place (zarr arrays) rather than through
+        :meth:`child`: :meth:`writing` and :meth:`child` replace mechmoe's own files only
+        and carry everything else over, so what mechmoe writes must be on record.
+        """
+        self._log({"tree": PurePosixPath(relpath).as_posix()})
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Be the one process adding to this folder output, or fail at once naming the other.
+
+        The lock (``flock`` on ``.mechmoe.lock`` inside the folder) is released when the
+        block ends or the process dies, so a crashed writer never blocks the next one.
+        """
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: nothing to hold
+            yield
+            return
+        self._ensure_folder()
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise OutputError(
+                    f"{self.path} is being written by another mechmoe process{who}; wait "
+                    "for it to finish and run again (it resumes), or write to another path"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, sort_keys=True)
+        if line in self._logged:
+            return
+        with open(self.path / LOG_NAME, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        self._logged.add(line)
 
     def _ensure_folder(self) -> None:
         if recognize(self.path) == self.kind:
@@ -514,7 +760,9 @@ class Output:
         self.previous = True
 
     @contextlib.contextmanager
-    def _write(self, path: Path, *, folder: bool, mark: bool) -> Iterator[Path]:
+    def _write(
+        self, path: Path, *, folder: bool, mark: bool, rel: str | None = None
+    ) -> Iterator[Path]:
         tmp = _tmp_sibling(path)
         guard = _SignalGuard()
         with guard:
@@ -525,12 +773,18 @@ class Output:
                 guard.defer()
                 if not os.path.lexists(tmp):
                     raise RuntimeError(f"nothing was written to the temporary {tmp}")
+                written = list(_walk_files(tmp)) if folder else []
                 if mark:
                     self._mark(tmp, path, folder=folder)
                     replace = _check_existing(path, self.kind, folder, self.overwrite, self.append)
                 else:
                     replace = self.overwrite
+                if replace and folder and path.is_dir() and not path.is_symlink():
+                    _carry_over(path, tmp, self.path, "" if mark else (rel or ""), written)
                 _move_into_place(tmp, path, replace=replace)
+                if rel is not None:
+                    files = [f"{rel}/{f}" for f in written] if folder else [rel]
+                    self._log({"child": rel, "files": files})
             except BaseException as exc:
                 guard.defer()
                 _drain_background_writers()
@@ -549,7 +803,11 @@ class Output:
         if folder:
             from mechmoe._version import __version__
 
-            info = {**marker(self.kind), "mechmoe_version": __version__}
+            info = {
+                **marker(self.kind),
+                "mechmoe_version": __version__,
+                "files": file_manifest(tmp),
+            }
             (tmp / MARKER_NAME).write_text(json.dumps(info) + "\n", encoding="utf-8")
             return
         if path.suffix.lower() in _RECOGNIZERS and recognize(tmp, suffix=path.suffix) != (
@@ -559,6 +817,30 @@ class Output:
                 f"the file written for {path} does not carry the mark of a mechmoe "
                 f"{self.kind}; put mechmoe.core.writer.marker({self.kind!r}) in it"
             )
+
+
+def _carry_over(old: Path, tmp: Path, root: Path, rel: str, written: list[str]) -> None:
+    """Put the files a user added inside ``old`` into ``tmp``, which is about to replace it.
+
+    ``root`` is the output folder whose ownership record applies and ``rel`` the path of
+    ``old`` inside it (empty for the output itself). The files are hard-linked (copied
+    where links fail), so the user's files are in both until the swap: an interruption at
+    any point loses nothing. A user's file at a path the new output writes is refused.
+    """
+    users = foreign_files(root, under=rel)
+    if not users:
+        return
+    prefix = f"{rel}/" if rel else ""
+    local = [u[len(prefix) :] for u in users]
+    clash = sorted(set(local) & set(written))
+    if clash:
+        shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+        raise OutputError(
+            f"{old} holds files you added ({shown}) at paths the new output writes; mechmoe "
+            "keeps your files, so move them out of the folder and run again"
+        )
+    for name in local:
+        _link_or_copy(old / name, tmp / name)
 
 
 def _check_existing(path: Path, kind: str, folder: bool, overwrite: bool, append: bool) -> bool:
@@ -685,15 +967,24 @@ def prepare_output(
 
 __all__ = [
     "FOLDER_SUFFIXES",
+    "LOCK_NAME",
+    "LOG_NAME",
     "MARKER_FORMAT",
     "MARKER_KEY",
     "MARKER_NAME",
     "Output",
+    "check_manifest",
+    "checksummed_zarr_encoding",
     "clean_stale",
+    "file_checksum",
+    "file_manifest",
+    "foreign_files",
     "is_folder_path",
     "marker",
     "marker_line",
     "prepare_output",
     "recognize",
     "register_recognizer",
+    "verify_output",
+    "zarr_location",
 ]

@@ -19,6 +19,7 @@ from torch import nn
 
 from mechmoe._types import ExpertsImplementation
 from mechmoe.adapters.registry import get_adapter
+from mechmoe.backends.base import get_backend
 from mechmoe.core.checks import check_choice, entry_point
 from mechmoe.core.errors import (
     DamagedFileError,
@@ -27,6 +28,7 @@ from mechmoe.core.errors import (
     MechmoeError,
     ModelNotFoundError,
 )
+from mechmoe.model import gguf
 from mechmoe.model.handle import Model
 from mechmoe.model.hub import cached_branches
 from mechmoe.model.options import LoadKeywords, LoadOptions
@@ -127,6 +129,8 @@ def load(
         eager attention (docs/backends.md); SDPA differs from it by float rounding (about
         1e-6 on tiny models).
 
+    Notes
+    -----
     The options the model was loaded with are kept as ``model.load_options`` and recorded
     in every result's provenance (``load_options``).
     """
@@ -166,12 +170,15 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         _no_built_model(opts, f"the model of source {name!r}")
         hf, tok = made
         hf.to(device=dev, dtype=torch_dtype)
-        return _checked_vocab(
+        handle = _checked_vocab(
             Model.from_hf(
                 hf, tokenizer if tokenizer is not None else tok, name=display, backend=backend
             ),
             given=tokenizer is not None,
         )
+        if get_backend(backend).checks_before_weights:  # refuse now, not at the first pass
+            handle.backend_impl  # noqa: B018
+        return handle
     if made is not None:
         name = os.fspath(made)
 
@@ -185,6 +192,9 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         if revision:
             raise InvalidInputError("revision= applies to hub names, not to a GGUF file")
         source, kwargs["gguf_file"] = str(path.parent), path.name
+        converted = gguf.lookup(path)  # the file converted once to a verified folder
+        if converted is not None:
+            source, kwargs = str(converted), {}
     elif path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{name!r} is not a model folder (no config.json in it)")
@@ -209,6 +219,7 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
 
     config = _hf_call(AutoConfig.from_pretrained, source, name, kwargs, what="config")
     spec = get_adapter(_architecture_from_config(config))
+    Model.check_backend(config, spec, name=display, backend=backend)
     if tokenizer is None:  # before the weights: a broken tokenizer is found at once
         tok_kwargs = {k: v for k, v in kwargs.items() if k in _TOKENIZER_KWARGS}
         tokenizer = _hf_call(
@@ -236,6 +247,8 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         )
     report = load_report(info)
     check_load_report(report, display, allow=opts.allow_missing_weights)
+    if "gguf_file" in kwargs and not given and opts.device_map is None:
+        gguf.store(path, hf, tokenizer)  # later loads read the converted folder
     if opts.device_map is None:
         hf.to(dev)
     model = Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)

@@ -10,20 +10,18 @@ base distribution of one prompt and ``Δ = W_U u`` is the logit change a vector 
 - :func:`vector_lpi`: a few vectors per prompt (heads, experts, layers); ``Δ = W_U v``.
 
 Both run in fp32 on the tensors' device and chunk so that temporaries stay within a
-memory budget. On the CPU the exact sum over the vocabulary runs in one fused pass of a
-compiled kernel (:mod:`mechmoe.ops._native`), with the eager torch loop
-(:func:`log_shifted_sum`) as the fallback. :func:`shared_direction_lpi` also has a
-certified mode in three tiers: a tail bound that needs no full ``P`` at all
-(:func:`_tail_bound_pairs`), then moment products of ``P`` with a proven remainder
-(:func:`_moments`, :func:`_moment_bound`) for the directions the first tier could not
-certify, then the exact sum for the pairs left (:func:`_later_tiers`, from the same
-``P``). :func:`shared_direction_blocks` runs them for many blocks of directions at once
-(every expert of a layer).
+memory budget. The exact sums over the vocabulary live in :mod:`mechmoe.ops._lpi_exact`
+(on the CPU one fused pass of a compiled kernel, :mod:`mechmoe.ops._native`, with an
+eager torch loop as the fallback). :func:`shared_direction_lpi` also has a certified
+mode in three tiers (:mod:`mechmoe.ops._lpi_bounds` holds the first two): a tail bound
+that needs no full ``P`` at all, then moment products of ``P`` with a proven remainder
+for the directions the first tier could not certify, then the exact sum for the pairs
+left (:func:`_later_tiers`, from the same ``P``). :func:`shared_direction_blocks` runs
+them for many blocks of directions at once (every expert of a layer).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -32,216 +30,25 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechmoe.core.progress import task
-from mechmoe.ops import _native
-
-#: Elements of one working block of the exact exp loop; small enough to stay in cache.
-BLOCK_ELEMS = 1 << 18
-#: The same on a GPU, where each op is a kernel launch: blocks of 64 MiB keep launches few.
-GPU_BLOCK_ELEMS = 1 << 24
-#: Below this, a shifted sum is recomputed with an exact max-shift (underflow guard).
-_TINY = 1e-30
-
-
-def _neuron_chunk(n_dirs: int, vocab: int, budget: int) -> int:
-    # The P chunk (k × vocab fp32) takes at most a quarter of the budget.
-    return max(1, min(n_dirs, 512, budget // (16 * vocab)))
-
-
-def log_shifted_sum(
-    P: Float[Tensor, "k vocab"],
-    c: Float[Tensor, "n k"],
-    p: Float[Tensor, "n vocab"],
-    shift: Float[Tensor, "n k"],
-    *,
-    budget: int,
-) -> Float[Tensor, "n k"]:
-    """``log Σ_v p[b, v] · exp(c[b, k] · P[k, v] − shift[b, k])`` for every ``(b, k)``.
-
-    ``shift`` must bound ``c · P`` from above so no term overflows. The loop walks
-    blocks of ``(prompt, neuron, vocab)`` small enough for the cache: one fused
-    multiply-add, an in-place exp, and a batched GEMV with ``p`` per block.
-    """
-    n, k = c.shape
-    vocab = P.shape[1]
-    block = BLOCK_ELEMS if P.device.type == "cpu" else GPU_BLOCK_ELEMS
-    elems = max(1, min(block, budget // 16))
-    # Prompts are taken a few at a time so blocks keep a useful shape however many
-    # prompts share P (thousands, when a large group is scored together).
-    nb = max(1, min(n, 64, elems // 64))
-    cap = 2048 if P.device.type == "cpu" else vocab
-    vc = max(1, min(vocab, cap, elems // nb))
-    ks = max(1, min(k, elems // (nb * vc)))
-    acc = torch.zeros((n, k, 1), dtype=torch.float32, device=P.device)
-    neg_shift = (-shift)[:, :, None]
-    cc = c[:, :, None]
-    for b0 in range(0, n, nb):
-        b1 = min(n, b0 + nb)
-        for s0 in range(0, k, ks):
-            s1 = min(k, s0 + ks)
-            buf = torch.empty((b1 - b0, s1 - s0, vc), dtype=torch.float32, device=P.device)
-            for v0 in range(0, vocab, vc):
-                v1 = min(vocab, v0 + vc)
-                b = buf if v1 - v0 == vc else buf[:, :, : v1 - v0]
-                torch.addcmul(
-                    neg_shift[b0:b1, s0:s1], cc[b0:b1, s0:s1], P[None, s0:s1, v0:v1], out=b
-                )
-                b.exp_()
-                acc[b0:b1, s0:s1].baddbmm_(b, p[b0:b1, v0:v1, None])
-    return acc[..., 0].log()
-
-
-def _exact_pairs(
-    P: Float[Tensor, "k vocab"],
-    c: Float[Tensor, " m"],
-    logp: Float[Tensor, "r vocab"],
-    rows: Int[Tensor, " m"],
-    *,
-    budget: int,
-    prompt: Int[Tensor, " m"] | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Float[Tensor, " m"]:
-    """``log Σ_v exp(logp[b, v] + c · P[k, v])`` for listed ``(b, k)`` pairs, max-shifted.
-
-    ``logp`` has one row per pair here (the torch path), or one per prompt with ``prompt``
-    naming each pair's row (the native path, which gathers nothing). ``dtype`` is the
-    result's: float64 keeps the native kernel's shift and log unrounded.
-    """
-    if prompt is not None and _native.usable(P, logp, c):
-        # Row extremes only of the rows the pairs use (a few of a large P, often).
-        used, at = torch.unique(rows, return_inverse=True)
-        if used.numel() * 2 < P.shape[0]:
-            pmin, pmax = torch.aminmax(P[used], dim=1)
-        else:
-            pmin, pmax = torch.aminmax(P, dim=1)
-            at = rows
-        shift = torch.maximum(c * pmax[at], c * pmin[at])
-        sums = _native.pair_sums(P, logp, prompt, rows, c, shift)
-        out = (shift.double() + sums.log()).to(dtype)
-        # Tiny sums may be made of clamped terms (the kernel's exp floors at e^-87, so a
-        # vocabulary's worth of them stays far below _TINY): redone by the torch path.
-        redo = (~torch.isfinite(out) | (sums < _TINY)).nonzero()[:, 0]
-        if redo.numel():
-            out[redo] = _exact_pairs(P, c[redo], logp[prompt[redo]], rows[redo], budget=budget).to(
-                dtype
-            )
-        return out
-    if prompt is not None:
-        logp = logp[prompt]
-    m, vocab = logp.shape
-    step = max(1, budget // (64 * vocab))  # ~3 fp32 (pairs × vocab) temporaries
-    out = torch.empty(m, dtype=dtype, device=P.device)
-    for i0 in range(0, m, step):
-        i1 = min(m, i0 + step)
-        z = torch.addcmul(logp[i0:i1], c[i0:i1, None], P[rows[i0:i1]])
-        out[i0:i1] = torch.logsumexp(z, dim=-1)
-    return out
-
+from mechmoe.ops._lpi_bounds import (
+    TailContext,
+    moment_bound,
+    moment_order,
+    moments,
+    tail_bound_pairs,
+)
+from mechmoe.ops._lpi_exact import (
+    KernelCounts,
+    UnembedStats,
+    exact_chunk,
+    exact_pairs,
+    log_shifted_sum,
+    neuron_chunk,
+    unique_small,
+)
 
 #: Precision modes of :func:`shared_direction_lpi`; ``"bounded"`` is the old name of ``"certified"``.
 PRECISIONS = ("exact", "certified", "bounded")
-#: Vocabulary columns per block of the certified mode's moment pass.
-_MOMENT_BLOCK = 2048
-#: Tokens per prompt that the certified tail bound sums exactly: each prompt's most likely
-#: ones under the base distribution (their union over a few prompts, see
-#: :data:`TAIL_GROUP`).
-TAIL_TOP = 64
-#: Prompts whose top tokens are pooled into one exactly-summed head by the tail bound.
-TAIL_GROUP = 32
-#: Tail tokens per group (the most likely beyond the head) whose probabilities enter the
-#: tail bound's second-moment term one by one; the rest share one largest probability.
-TAIL_MID = 8192
-
-
-class UnembedStats:
-    """What the kernels need of ``W_U`` beyond itself, computed once per call.
-
-    ``row_norm_max = max_v ‖W_U[v]‖`` bounds ``|P_kv| ≤ ‖u_k‖ · row_norm_max`` for every
-    token (Cauchy–Schwarz) without forming ``P_k``; ``gram = W_Uᵀ W_U`` (float64, computed
-    on first use) gives every direction's ``‖P_k‖² = u_kᵀ G u_k``.
-    """
-
-    def __init__(self, W_U: Tensor, *, budget: int = 4 * 2**30) -> None:
-        self.W_U = W_U.detach()
-        # fp32 norms, raised by far more than their rounding (≤ d·2⁻²⁴ relative): a bound.
-        self.row_norm_max = float(self.W_U.float().norm(dim=1).max()) * (1 + 1e-4)
-        self.budget = budget
-
-    @classmethod
-    def of(cls, W_U: Tensor, *, budget: int = 4 * 2**30) -> UnembedStats:
-        return cls(W_U, budget=budget)
-
-    def weighted_sum(self, p: Float[Tensor, "n vocab"]) -> Float[Tensor, "n d"]:
-        """``p W_U`` in float64 throughout.
-
-        Every direction's first moment ``u · (W_Uᵀ p)`` is read from it, with cancellation
-        over ``d``; an fp32 accumulation over thousands of tokens was measured 4e-5 off
-        (SmolLM2), far above a 1e-6 tolerance. ``W_U`` is converted 4,096 rows at a time
-        (as fast here as a float64 copy kept for the call, and no such copy in memory).
-        """
-        W = self.W_U.float()
-        vocab, d = W.shape
-        out = torch.zeros((p.shape[0], d), dtype=torch.float64, device=p.device)
-        step = max(1, min(vocab, 4096, self.budget // (32 * d)))
-        for v0 in range(0, vocab, step):
-            out += p[:, v0 : v0 + step].double() @ W[v0 : v0 + step].double()
-        return out
-
-    @functools.cached_property
-    def gram(self) -> Float[Tensor, "d d"]:
-        W = self.W_U.float()
-        return W.T @ W
-
-
-class TailContext:
-    """The tail bound's inputs for one layer's prompts, built once and shared by every call.
-
-    Prompts are pooled :data:`TAIL_GROUP` at a time. Per group: the head ``H`` (union of
-    each prompt's :data:`TAIL_TOP` most likely tokens, summed exactly), the next
-    :data:`TAIL_MID` tail tokens ``S`` by ``p̄_v = max_b p_bv`` (the group's largest
-    probability of each tail token) with ``M_S = Σ_S p̄_v w_v w_vᵀ`` (one ``d × d``
-    product), and ``θ = max p̄`` over the tokens left. Per prompt:
-    ``p W_U`` (the first moment of every direction at once) and its largest tail
-    probability. Everything is ``(prompt, vocab)`` or ``d × d`` work: no ``P``.
-    """
-
-    def __init__(
-        self,
-        p: Float[Tensor, "n vocab"],
-        W_U: Float[Tensor, "vocab d"],
-        *,
-        group: int = TAIL_GROUP,
-        top: int = TAIL_TOP,
-        mid: int = TAIL_MID,
-        unembed: UnembedStats | None = None,
-    ) -> None:
-        n, vocab = p.shape
-        dev = p.device
-        # p W_U in float64: every direction's first moment is read from it.
-        self.p_W = (unembed if unembed is not None else UnembedStats.of(W_U)).weighted_sum(p)
-        self.group_of = torch.arange(n, device=dev) // group
-        self.p_tail_max = torch.empty(n, dtype=torch.float64, device=dev)
-        self.tau = torch.empty(n, dtype=torch.float64, device=dev)  # each prompt's tail mass
-        self.heads: list[Tensor] = []
-        self.head_rows: list[Tensor] = []  # W_U[H] per group
-        self.mid: list[tuple[Tensor, float]] = []  # (M_S, θ) per group
-        for b0 in range(0, n, group):
-            b1 = min(n, b0 + group)
-            pg = p[b0:b1]
-            H = torch.unique(pg.topk(min(top, vocab), dim=1).indices)
-            rest = pg.clone()
-            rest[:, H] = 0.0
-            self.p_tail_max[b0:b1] = rest.max(dim=1).values.double()
-            self.tau[b0:b1] = rest.sum(dim=1, dtype=torch.float64)
-            p_bar = rest.max(dim=0).values
-            pick = p_bar.clone()
-            pick[H] = -1.0  # S never takes a head token
-            S = pick.topk(min(mid, vocab - H.numel())).indices if vocab > H.numel() else H[:0]
-            left = p_bar.clone()
-            left[S] = 0.0
-            W_S = W_U[S]
-            self.heads.append(H)
-            self.head_rows.append(W_U[H])
-            self.mid.append((W_S.T @ (p_bar[S, None] * W_S), float(left.max())))
 
 
 def shared_direction_lpi(
@@ -254,7 +61,7 @@ def shared_direction_lpi(
     precision: str = "exact",
     tolerance: float = 1e-4,
     budget: int = 4 * 2**30,
-    stats: dict[str, int] | None = None,
+    stats: KernelCounts | None = None,
     unembed: UnembedStats | None = None,
     tail: TailContext | None = None,
 ) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k"]]:
@@ -277,17 +84,14 @@ def shared_direction_lpi(
         ``"exact"`` sums over the whole vocabulary. ``"certified"`` (old name
         ``"bounded"``) certifies ``log Σ_v p_v e^{c P_kv}`` within ``tolerance`` in three
         tiers, each only for the pairs the one before could not certify: a tail bound
-        that never forms ``P`` (:func:`_tail_bound_log_sum`: the prompts' top tokens
+        that never forms ``P`` (:func:`tail_bound_log_sum`: the prompts' top tokens
         summed exactly, the rest from its exact first moment and a second-moment bound,
         all matrix products), then the first four moments of ``P_k`` with a Taylor
-        remainder (:func:`_moment_bound`), then the exact sum (docs/attribution.md).
+        remainder (:func:`moment_bound`), then the exact sum (docs/attribution.md).
     budget
         Bytes the temporaries may take.
     stats
-        If given, ``stats["pairs"]``, ``stats["moments"]`` and ``stats["fallback"]`` are
-        increased by the number of (prompt, direction) pairs scored, of those the tail
-        bound left to the moment tier (``stats["moment_dirs"]``: their directions, whose
-        ``P`` was formed), and of those summed exactly (certified mode).
+        If given, the :class:`KernelCounts` this call's work is added to.
     unembed, tail
         :class:`UnembedStats` of ``W_U`` (per call) and, in certified mode, the
         :class:`TailContext` of these prompts (per layer); computed here when not given.
@@ -328,13 +132,13 @@ def shared_direction_lpi(
     if unembed is None:
         unembed = UnembedStats.of(W_U, budget=budget)
     fragile_idx = fragile.nonzero()[:, 0]
-    kc = _neuron_chunk(k, vocab, budget)
+    kc = neuron_chunk(k, vocab, budget)
     n_chunks = -(-k // kc)
     # A small memory budget means many chunks per layer: report them, so a long layer is
     # visibly progressing (silent unless a progress reporter is active).
     with task("neuron chunks", total=n_chunks, show=None if n_chunks > 1 else False) as bar:
         for k0 in range(0, k, kc):
-            _exact_chunk(
+            exact_chunk(
                 U,
                 W_U,
                 c,
@@ -349,6 +153,9 @@ def shared_direction_lpi(
                 unembed.row_norm_max,
             )
             bar.advance()
+    if stats is not None:  # the exact path: every row of P, one exp per pair and token
+        stats.p_rows += k
+        stats.exps += n * k * vocab
     return scores, bounds
 
 
@@ -360,7 +167,7 @@ def shared_direction_blocks(
     *,
     tolerance: float = 1e-4,
     budget: int = 4 * 2**30,
-    stats: dict[str, int] | None = None,
+    stats: KernelCounts | None = None,
     unembed: UnembedStats | None = None,
     tail: TailContext | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
@@ -371,7 +178,7 @@ def shared_direction_blocks(
     a layer and the prompts that chose it). Every tier runs once over every (prompt,
     direction) pair of all blocks, so a layer with many experts pays a few large
     products instead of many small ones per expert: the tail bound
-    (:func:`_tail_bound_pairs`), then the moments and exact sums of the pairs left,
+    (:func:`tail_bound_pairs`), then the moments and exact sums of the pairs left,
     whose ``P`` is formed for chunks of directions taken across blocks
     (:func:`_later_tiers`). Returns ``(scores, bounds)`` per block, as
     :func:`shared_direction_lpi` does.
@@ -411,7 +218,7 @@ def shared_direction_blocks(
             prompt.append(pj.to(dev).repeat_interleave(kj))
             coef.append(cj.float().reshape(-1))
         c_all, rows_all, prompt_all = torch.cat(coef), torch.cat(rows), torch.cat(prompt)
-        log_s, bnd, todo = _tail_bound_pairs(
+        log_s, bnd, todo = tail_bound_pairs(
             U_all,
             W_U,
             c_all,
@@ -423,6 +230,7 @@ def shared_direction_blocks(
             tail=tail,
             tolerance=tolerance,
             budget=budget,
+            stats=stats,
         )
         _later_tiers(
             U_all,
@@ -467,13 +275,13 @@ def _later_tiers(
     *,
     tolerance: float,
     budget: int,
-    stats: dict[str, int] | None,
+    stats: KernelCounts | None,
 ) -> None:
     """Tiers two and three, in place, for the listed pairs the tail bound left (``todo``).
 
-    The directions concerned are taken up to :func:`_neuron_chunk` at a time, whichever
+    The directions concerned are taken up to :func:`neuron_chunk` at a time, whichever
     block (expert) they belong to, so ``P`` is formed in products of many rows; each
-    chunk's ``P`` serves the moment tier (:func:`_moments`, over the prompts that have
+    chunk's ``P`` serves the moment tier (:func:`moments`, over the prompts that have
     a pair in the chunk) and then the exact sums of the pairs left (and of every pair
     of a prompt whose probabilities underflow fp32). ``p_W`` is ``p W_U`` (float64), so
     the first moment is exact.
@@ -481,12 +289,14 @@ def _later_tiers(
     vocab = W_U.shape[0]
     frag = fragile[prompt]
     n_moments = int(todo.sum())
-    moment_dirs = int(torch.unique(rows[todo]).numel())
-    need = torch.unique(rows[todo | frag])
-    kc = _neuron_chunk(max(1, need.numel()), vocab, budget)
+    D = U.shape[0]
+    moment_dirs = int(unique_small(rows[todo], D)[0].numel())
+    need = unique_small(rows[todo | frag], D)[0]
+    kc = neuron_chunk(max(1, need.numel()), vocab, budget)
     order = torch.argsort(rows, stable=True)
     sorted_rows = rows[order]
     m0 = p.sum(-1, dtype=torch.float64)
+    highest = moment_order(tolerance)
     for j0 in range(0, need.numel(), kc):
         ks = need[j0 : j0 + kc]
         lo = int(torch.searchsorted(sorted_rows, ks[:1]))
@@ -497,17 +307,16 @@ def _later_tiers(
         cand, pos = cand[keep], pos[keep]
         P = U[ks] @ W_U.T  # (chunk, vocab): for both tiers
         if todo[cand].any():
-            users, at = torch.unique(prompt[cand], return_inverse=True)
-            m2, m3, m4, sq_max = _moments(P, p[users])
+            users, at = unique_small(prompt[cand], p.shape[0])
+            m2, m3, p_max = moments(P, p[users], order=highest)
             m1 = (p_W[users] @ U[ks].to(p_W.dtype).T)[at, pos]
-            ls_m, bnd_m, todo_m = _moment_bound(
+            ls_m, bnd_m, todo_m = moment_bound(
                 c[cand],
                 m0[prompt[cand]],
                 m1,
                 m2[at, pos],
-                m3[at, pos],
-                m4[at, pos],
-                sq_max[pos],
+                None if m3 is None else m3[at, pos],
+                p_max[pos],
                 tolerance=tolerance,
             )
             # Keep, per pair, the tier that certified it more tightly.
@@ -519,289 +328,16 @@ def _later_tiers(
         ex = todo[cand] | frag[cand]
         if ex.any():
             idx = cand[ex]
-            log_s[idx] = _exact_pairs(P, c[idx], logp, pos[ex], budget=budget, prompt=prompt[idx])
+            log_s[idx] = exact_pairs(P, c[idx], logp, pos[ex], budget=budget, prompt=prompt[idx])
     todo |= frag
     bnd[todo] = 0.0
     if stats is not None:
-        stats["pairs"] = stats.get("pairs", 0) + int(c.numel())
-        stats["moments"] = stats.get("moments", 0) + n_moments
-        stats["moment_dirs"] = stats.get("moment_dirs", 0) + moment_dirs
-        stats["fallback"] = stats.get("fallback", 0) + int(todo.sum())
-
-
-def _tail_bound_log_sum(
-    U: Float[Tensor, "k d"],
-    W_U: Float[Tensor, "vocab d"],
-    c: Float[Tensor, "r k"],
-    logp: Float[Tensor, "n vocab"],
-    p: Float[Tensor, "n vocab"],
-    *,
-    unembed: UnembedStats,
-    tail: TailContext,
-    tolerance: float,
-    budget: int,
-    prompts: Int[Tensor, " r"] | None = None,
-) -> tuple[Float[Tensor, "r k"], Float[Tensor, "r k"], Tensor]:
-    """:func:`_tail_bound_pairs` for every ``(prompt, direction)`` pair of ``c``.
-
-    ``logp``/``p`` hold the rows of ``tail``'s prompts; ``prompts`` says which of them
-    the rows of ``c`` are (default: all, in order).
-    """
-    n, k = c.shape
-    dev = W_U.device
-    pr = torch.arange(logp.shape[0], device=dev) if prompts is None else prompts.to(dev)
-    rows = torch.arange(k, device=dev).repeat(n)
-    log_s, half, todo = _tail_bound_pairs(
-        U,
-        W_U,
-        c.float().reshape(-1),
-        rows,
-        pr.repeat_interleave(k),
-        logp,
-        p,
-        unembed=unembed,
-        tail=tail,
-        tolerance=tolerance,
-        budget=budget,
-    )
-    return log_s.view(n, k), half.view(n, k), todo.view(n, k)
-
-
-def _tail_bound_pairs(
-    U: Float[Tensor, "D d"],
-    W_U: Float[Tensor, "vocab d"],
-    c: Float[Tensor, " m"],
-    rows: Int[Tensor, " m"],
-    prompt: Int[Tensor, " m"],
-    logp: Float[Tensor, "n vocab"],
-    p: Float[Tensor, "n vocab"],
-    *,
-    unembed: UnembedStats,
-    tail: TailContext,
-    tolerance: float,
-    budget: int,
-) -> tuple[Float[Tensor, " m"], Float[Tensor, " m"], Tensor]:
-    """``log Σ_v p_v e^{c P_kv}`` certified without forming ``P``, for listed pairs.
-
-    Pair ``i`` is direction ``U[rows[i]]`` with coefficient ``c[i]`` on prompt
-    ``prompt[i]`` (a row of ``logp`` and of ``tail``). For each prompt group of ``tail``
-    (:class:`TailContext`), the sum over the head ``H`` is exact (``P`` only at those
-    columns: ``U W_U[H]ᵀ``). On the tail ``R = V ∖ H``, with ``x_v = c P_kv``,
-    ``0 ≤ e^x − 1 − x ≤ e^{max(x, 0)} x²/2`` gives
-
-        ``S_lo ≤ S ≤ S_lo + e^h c²/2 · m_2``,  ``S_lo = Σ_H p_v e^{x_v} + τ + c m_1``,
-
-    with ``τ = Σ_R p_v``, the tail's exact first moment
-    ``m_1 = u_k · (W_Uᵀ p) − Σ_H p_v P_kv``, ``h = |c| ‖u_k‖ max_v ‖W_U[v]‖ ≥ max_v x_v`` and
-    ``m_2 ≥ Σ_R p_v P_kv²`` the smaller of two bounds: ``max_R p_v · Σ_R P_kv²`` and
-    ``u_kᵀ M_S u_k + θ · Σ_R P_kv²`` (on ``S``, ``p_v ≤ p̄_v``; beyond it, ``p_v ≤ θ``), where
-    ``Σ_R P_kv² = u_kᵀ W_Uᵀ W_U u_k − Σ_H P_kv²`` (Gram matrices, no ``P``). The estimate is
-    the log-midpoint of the interval and the bound half its log-width. Every quantity
-    of a direction or a (prompt, direction) is computed once, however many pairs share
-    it. Returns ``(log S, bound, todo)``; ``todo`` marks pairs whose bound exceeds
-    ``tolerance`` or whose interval is unusable.
-    """
-    m = c.shape[0]
-    dev = W_U.device
-    norm_sq = ((U @ unembed.gram.to(dev)) * U).sum(1).double()  # ‖P_k‖², (D,)
-    u_norm = U.norm(dim=1).double()
-    reach = (c.double().abs() * u_norm[rows] * unembed.row_norm_max).clamp_max(700.0)
-    log_s = torch.empty(m, dtype=torch.float32, device=dev)
-    half = torch.zeros(m, dtype=torch.float64, device=dev)
-    ok = torch.zeros(m, dtype=torch.bool, device=dev)
-    group = tail.group_of[prompt]
-    n = tail.group_of.shape[0]
-    local_of = torch.empty(n, dtype=torch.long, device=dev)
-    for g in torch.unique(group).tolist():
-        sel = (group == g).nonzero()[:, 0]
-        members = (tail.group_of == g).nonzero()[:, 0]  # the group's prompts
-        local_of[members] = torch.arange(members.numel(), device=dev)
-        local = local_of[prompt[sel]]
-        dirs, d_of = torch.unique(rows[sel], return_inverse=True)  # the group's directions
-        Ud = U[dirs]
-        H = tail.heads[g]
-        M_S, theta = tail.mid[g]
-        cs = c[sel]
-        P_H = Ud @ tail.head_rows[g].T  # (|dirs|, |H|): P at the head's columns only
-        lp_H = logp[members[:, None], H[None, :]]
-        p_H = p[members[:, None], H[None, :]]
-        head = _exact_pairs(P_H, cs, lp_H, d_of, budget=budget, prompt=local, dtype=torch.float64)
-        # m_1 per (prompt, direction) of the group, then read at the pairs.
-        m1 = tail.p_W[members] @ Ud.double().T - p_H.double() @ P_H.double().T
-        m1 = m1[local, d_of]
-        # Σ_R P² from the Gram form minus the head's part; the relative slack covers the
-        # fp32 rounding of the Gram products.
-        slack = 1e-5 * norm_sq[dirs]
-        tail_sq = (norm_sq[dirs] - P_H.square().sum(1).double()).clamp_min(0.0) + slack
-        m2_mid = ((Ud @ M_S) * Ud).sum(1).double() * (1 + 1e-5) + theta * tail_sq
-        pr = prompt[sel]
-        m2 = torch.minimum(tail.p_tail_max[pr] * tail_sq[d_of], m2_mid[d_of])
-        c64 = cs.double()
-        s_lo = head.exp() + tail.tau[pr] + c64 * m1
-        width = torch.exp(reach[sel]) * c64.square() / 2 * m2
-        hw = 0.5 * torch.log1p(width / s_lo)
-        est = torch.log(s_lo) + hw
-        half[sel] = hw
-        log_s[sel] = est.float()
-        ok[sel] = (s_lo > 0) & torch.isfinite(hw) & torch.isfinite(est) & (hw <= tolerance)
-    return log_s, half.float().nan_to_num(0.0), ~ok
-
-
-def _native_shift(P: Tensor, c: Tensor, reach: Tensor) -> Tensor:
-    """The shift of the fused kernel's sum for ``(prompt, direction)`` pairs.
-
-    None is needed where ``reach`` (a bound on ``|c · P_v|``, here
-    ``|c| ‖u‖ max_v ‖W_U[v]‖``) is at most 60: no fp32 overflow is possible and
-    ``log S ≥ min c·P ≥ −60`` stays far from underflow. Elsewhere: the exact row max.
-    """
-    shift = torch.zeros_like(c)
-    big = (reach > 60.0).any(0).nonzero()[:, 0]
-    if big.numel():
-        lo, hi = torch.aminmax(P[big], dim=1)
-        shift[:, big] = torch.maximum(c[:, big] * hi, c[:, big] * lo)
-    return shift
-
-
-def _exact_chunk(
-    U: Tensor,
-    W_U: Tensor,
-    c: Tensor,
-    p: Tensor,
-    logp: Tensor,
-    target: Tensor,
-    fragile_idx: Tensor,
-    scores: Tensor,
-    k0: int,
-    k1: int,
-    budget: int,
-    row_norm_max: float,
-) -> None:
-    """Exact LPI of directions ``k0:k1`` for every prompt, written into ``scores``."""
-    P = U[k0:k1] @ W_U.T  # (kc, vocab): formed once, shared by all prompts
-    cc = c[:, k0:k1]
-    pw = P[:, target].T  # (n, kc)
-    if _native.usable(P, logp, cc):
-        # One fused pass in log space: no p underflows there, so no prompt is fragile.
-        hi = _native_shift(P, cc, cc.abs() * U[k0:k1].norm(dim=1) * row_norm_max)
-        log_s = hi + _native.shifted_sums(P, logp, cc, hi).log().float()
-        fragile_idx = fragile_idx[:0]
-    else:
-        pmin, pmax = torch.aminmax(P, dim=1)
-        hi = torch.maximum(cc * pmax, cc * pmin)
-        log_s = hi + log_shifted_sum(P, cc, p, hi, budget=budget)
-    # Underflow guard: tiny or non-finite shifted sums are redone with an exact max-shift.
-    bad = ~torch.isfinite(log_s) | (log_s - hi < math.log(_TINY))
-    if fragile_idx.numel():
-        bad[fragile_idx] = True
-    if bad.any():
-        b_idx, k_idx = bad.nonzero(as_tuple=True)
-        log_s[b_idx, k_idx] = _exact_pairs(P, cc[b_idx, k_idx], logp[b_idx], k_idx, budget=budget)
-    scores[:, k0:k1] = cc * pw - log_s
-
-
-def _certified_log_sum(
-    U: Float[Tensor, "k d"],
-    W_U: Float[Tensor, "vocab d"],
-    c: Float[Tensor, "n k"],
-    p: Float[Tensor, "n vocab"],
-    *,
-    tolerance: float,
-    budget: int,
-) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k"], Tensor]:
-    """:func:`_moment_log_sum` for every direction of ``U``, ``P`` formed in chunks."""
-    n, k = c.shape
-    vocab = W_U.shape[0]
-    p_W = p.double() @ W_U.double()
-    log_s = torch.empty((n, k), dtype=torch.float32, device=W_U.device)
-    half = torch.empty_like(log_s)
-    todo = torch.empty((n, k), dtype=torch.bool, device=W_U.device)
-    kc = _neuron_chunk(k, vocab, budget)
-    for k0 in range(0, k, kc):
-        k1 = min(k, k0 + kc)
-        P = U[k0:k1] @ W_U.T
-        m1 = p_W @ U[k0:k1].double().T
-        log_s[:, k0:k1], half[:, k0:k1], todo[:, k0:k1] = _moment_log_sum(
-            P, c[:, k0:k1], p, m1, tolerance=tolerance
-        )
-    return log_s, half, todo
-
-
-def _moment_log_sum(
-    P: Float[Tensor, "k vocab"],
-    c: Float[Tensor, "n k"],
-    p: Float[Tensor, "n vocab"],
-    m1: Float[Tensor, "n k"],
-    *,
-    tolerance: float,
-) -> tuple[Float[Tensor, "n k"], Float[Tensor, "n k"], Tensor]:
-    """:func:`_moment_bound` for every ``(prompt, direction)`` of ``c`` (``m_1`` given)."""
-    m2, m3, m4, sq_max = _moments(P, p)
-    m0 = p.sum(-1, keepdim=True, dtype=torch.float64).expand_as(m2)
-    return _moment_bound(c, m0, m1, m2, m3, m4, sq_max.expand_as(m2), tolerance=tolerance)
-
-
-def _moments(
-    P: Float[Tensor, "k vocab"], p: Float[Tensor, "n vocab"]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``m_j = Σ_v p_v P_kv^j`` for ``j = 2, 3, 4`` (float64, ``(n, k)``) and ``max_v P_kv²``.
-
-    One fp32 matrix product of ``p`` with three powers of each vocabulary block of
-    ``P`` side by side, accumulated in fp32 over the blocks (positive ``m_2``, ``m_4``;
-    small ``m_3``); no exp per vocabulary entry. (Bounding ``m_4 ≤ max P² · m_2``
-    instead, to save a power, was measured to double the exact sums: not worth it.)
-    """
-    n = p.shape[0]
-    kn, vocab = P.shape
-    dev = P.device
-    vb = min(vocab, _MOMENT_BLOCK)
-    acc = torch.zeros((n, 3 * kn), dtype=P.dtype, device=dev)
-    powers = torch.empty((3, kn, vb), dtype=P.dtype, device=dev)
-    sq_max = torch.zeros(kn, dtype=P.dtype, device=dev)
-    for v0 in range(0, vocab, vb):
-        v1 = min(vocab, v0 + vb)
-        pw = powers if v1 - v0 == vb else powers[:, :, : v1 - v0]
-        blk = P[:, v0:v1]
-        torch.mul(blk, blk, out=pw[0])
-        torch.mul(pw[0], blk, out=pw[1])
-        torch.mul(pw[0], pw[0], out=pw[2])
-        torch.maximum(sq_max, pw[0].amax(dim=1), out=sq_max)
-        acc.addmm_(p[:, v0:v1].to(P.dtype), pw.reshape(3 * kn, v1 - v0).T)
-    m2, m3, m4 = acc.view(n, 3, kn).permute(1, 0, 2).double()
-    return m2, m3, m4, sq_max.double()
-
-
-def _moment_bound(
-    c: Tensor,
-    m0: Tensor,
-    m1: Tensor,
-    m2: Tensor,
-    m3: Tensor,
-    m4: Tensor,
-    sq_max: Tensor,
-    *,
-    tolerance: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``log Σ_v p_v e^{c P_kv}`` from moments, with a proven bound; which pairs need more.
-
-    Elementwise over pairs. With ``x_v = c · P_kv`` and ``m_j = Σ_v p_v P_kv^j``, Taylor's
-    theorem with Lagrange remainder gives ``e^x = 1 + x + x²/2 + x³/6 + e^ξ x⁴/24`` with
-    ``ξ`` between 0 and ``x``, hence, with ``h = |c| max_v |P_kv| ≥ max(0, max_v x_v)``
-    (``sq_max = max_v P_kv²``),
-
-        ``Ŝ ≤ S ≤ Ŝ + e^h c⁴ m_4 / 24``,  ``Ŝ = m_0 + c m_1 + c² m_2/2 + c³ m_3/6``.
-
-    The estimate is the log-midpoint of that interval and the bound half its
-    log-width. Returns ``(log S estimate, bound, todo)`` where ``todo`` marks pairs whose
-    bound exceeds ``tolerance`` (or whose interval is unusable); those need the exact sum.
-    """
-    c64 = c.double()
-    x_hi = c64.abs() * sq_max.double().sqrt()  # ≥ max_v c·P_kv
-    s_hat = m0 + c64 * (m1.double() + c64 * (m2 / 2 + c64 * m3 / 6))
-    err = torch.exp(x_hi) * c64.pow(4) * m4 / 24
-    half = 0.5 * torch.log1p(err / s_hat)
-    log_s = torch.log(s_hat) + half
-    todo = ~(torch.isfinite(half) & (s_hat > 0) & torch.isfinite(log_s) & (half <= tolerance))
-    return log_s.float(), half.float().nan_to_num(0.0), todo
+        stats.pairs += int(c.numel())
+        stats.moments += n_moments
+        stats.moment_dirs += moment_dirs
+        stats.fallback += int(todo.sum())
+        stats.p_rows += int(need.numel())
+        stats.exps += int(todo.sum()) * vocab
 
 
 def vector_lpi(
@@ -828,6 +364,8 @@ def vector_lpi(
 
 
 __all__ = [
+    "PRECISIONS",
+    "KernelCounts",
     "TailContext",
     "UnembedStats",
     "log_shifted_sum",

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mechmoe.core.types import NormParams
 from mechmoe.ops._lpi_kernels import (
+    KernelCounts,
     TailContext,
     UnembedStats,
     shared_direction_blocks,
@@ -74,12 +75,15 @@ class _Readout:
     @classmethod
     def of(cls, model: Model, *, reference_compat: bool) -> _Readout:
         norm = model.final_norm
-        W_U = model.W_U.detach().float()
+        # the family's logit scale (Granite divides by logits_scaling) is part of z
+        W_U = model.scale_logits(model.W_U.detach().float())
         b_U = model.b_U
         if reference_compat:
             norm = NormParams(kind="rmsnorm", weight=norm.weight, bias=None, eps=COMPAT_EPS)
             b_U = None
-        return cls(final=norm, W_U=W_U, b_U=None if b_U is None else b_U.detach().float())
+        if b_U is not None:
+            b_U = model.scale_logits(b_U.detach().float())
+        return cls(final=norm, W_U=W_U, b_U=b_U)
 
     def sigma(self, final_resid: Tensor) -> Tensor:
         """Frozen σ of the final norm, one per prompt, shape ``(n, 1)``."""
@@ -241,7 +245,7 @@ class _Scorer:
         # and how many (prompt, neuron) pairs were scored / summed exactly
         self.bound_total = np.zeros(shape, dtype=np.float64) if level == "neuron" else None
         self.prompt_bound = np.zeros(n_prompts, dtype=np.float64)
-        self.stats: dict[str, int] = {"pairs": 0, "moments": 0, "moment_dirs": 0, "fallback": 0}
+        self.stats = KernelCounts()
         shared = [s for s in d.d_shared if s]
         self.I_sh = max(shared) if shared and level in ("neuron", "expert") else 0
         if self.I_sh:
@@ -253,7 +257,11 @@ class _Scorer:
                 np.full((n_prompts, *sh_shape), np.nan, dtype=np.float32) if per_prompt else None
             )
             self.sh_coef = np.zeros(sh_shape, dtype=np.float64)
+        # the family's residual multiplier (Granite) scales what every sub-layer adds
+        self.rm = float(getattr(model, "residual_multiplier", 1.0))
         for li in range(self.L):
+            if level == "head" and not d.has_heads(li):
+                continue  # a token mixer without heads (Mamba): nothing to score
             if level == "neuron":
                 self.exists[li, : d.n_experts[li], : d.d_ffn[li]] = True
                 if self.I_sh and d.d_shared[li]:
@@ -314,9 +322,12 @@ class _Scorer:
                 group, li, vector_lpi(vec[:, None], ro.W_U, logp, w, budget=self.budget)[:, 0]
             )
         elif self.level == "head":
+            if not model.dims.has_heads(li):
+                return
             post = model.attn_out_norm(li)
             s_post = _post_sigma(post, rec["attn_raw"])
             vec = _shape(ro.final, _through_post(post, rec["heads"])) / (sigma * s_post)[:, None]
+            vec = vec * self.rm
             scores = vector_lpi(vec, ro.W_U, logp, w, budget=self.budget)
             self._store(group, li, scores, (slice(None),))
         elif self.level == "expert":
@@ -341,7 +352,7 @@ class _Scorer:
         rec, ro, model = group.layers[li], self.readout, self.model
         post = model.ffn_out_norm(li)
         s_post = _post_sigma(post, rec["ffn_raw"])
-        scale = (sigma * s_post)[:, None]
+        scale = (sigma * s_post)[:, None] / self.rm
         idx, gate, acts = self._routing(group, li)
         weights = model.ffn_weights(li)
         n, slots = idx.shape
@@ -349,8 +360,8 @@ class _Scorer:
         for e in torch.unique(idx).tolist():
             b, s = torch.nonzero(idx == e, as_tuple=True)
             y = acts[b, s] @ weights.w_down[e].detach().float().T
-            if rec["kind"] == "dense" and weights.b_down is not None:
-                y = y + weights.b_down.detach().float()
+            if weights.b_down is not None:  # the expert's own bias, scaled by its gate
+                y = y + weights.b_down[e].detach().float()
             outs[b, s] = gate[b, s, None] * y
         vec = _shape(ro.final, _through_post(post, outs)) / scale
         scores = vector_lpi(vec, ro.W_U, logp, w, budget=self.budget)  # (n, slot)
@@ -366,7 +377,7 @@ class _Scorer:
             g = rec["shared_gate"]
             if g is not None:
                 y = y * g.float().reshape(-1, 1)
-            vec = _shape(ro.final, _through_post(post, y)) / (sigma * s_post)
+            vec = _shape(ro.final, _through_post(post, y)) / (sigma * s_post) * self.rm
             self._store_shared(
                 group, li, vector_lpi(vec[:, None], ro.W_U, logp, w, budget=self.budget)[:, 0]
             )
@@ -393,7 +404,8 @@ class _Scorer:
             bt, st = torch.as_tensor(b, device=idx.device), torch.as_tensor(s, device=idx.device)
             # Directions γ ⊙ W_down[:, k] through the frozen norms: prompt-independent.
             U = _shape(ro.final, _through_post(post, weights.w_down[e].detach().T))
-            gm = gate[bt, st, None] * acts[bt, st]
+            # the coefficient of W_down[:, k] as added to the residual stream
+            gm = gate[bt, st, None] * acts[bt, st] * self.rm
             assert self.coef is not None
             self.coef[li, e, : gm.shape[1]] += gm.sum(0).double().cpu().numpy()
             chosen.append((b, e))
@@ -434,7 +446,7 @@ class _Scorer:
             sw, _ = model.shared_weights(li)  # type: ignore[misc]
             U = _shape(ro.final, _through_post(post, sw.w_down[0].detach().T))
             g = rec["shared_gate"]
-            gm = rec["shared_acts"].float()
+            gm = rec["shared_acts"].float() * self.rm
             if g is not None:
                 gm = gm * g.float().reshape(-1, 1)
             self.sh_coef[li, : gm.shape[1]] += gm.sum(0).double().cpu().numpy()

@@ -5,9 +5,13 @@ compiler (``$CC``, else the compiler Python was built with, else ``cc``), for th
 (``-march=native``), into the cache (``$MECHMOE_CACHE/kernels``, see
 :func:`mechmoe.core.cache.cache_root`), and loaded with :mod:`ctypes`. The file name
 carries a hash of the source, the flags, the compiler's version and the CPU's feature
-flags, so a changed kernel, compiler or machine builds a new one. Compilation writes a
-temporary file and renames it into place, so two processes building at once cannot
-load a half-written library.
+flags, so a changed kernel, compiler or machine builds a new one, and ends in the
+SHA-256 of the library's own content, recorded when it was built. Compilation writes a
+temporary file, test-loads it in a child process (it must load and sum two known terms
+right) and renames it into place, so two processes building at once cannot load a
+half-written library. Before every load the content is checked against that hash: a
+damaged library (truncated, garbage) would kill the process outright (SIGBUS) when
+mapped, so it is removed and rebuilt instead, with one line saying so.
 
 Where no compiler exists, compilation fails, the tensors are not fp32 on the CPU, or
 ``MECHMOE_NATIVE=0`` is set, callers use the torch path (three eager ops per block)
@@ -19,6 +23,7 @@ direction ranges on ``torch.get_num_threads()`` threads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -26,6 +31,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mechmoe.core.cache import cache_root
+from mechmoe.core.cache import cache_root, file_digest, note_rebuild
 
 SOURCE = Path(__file__).with_name("_lpi_native.c")
 #: Optimisation flags; the two ``-fno-…`` let the compiler vectorise the kernel's
@@ -75,6 +81,92 @@ def _version_of(cc: list[str]) -> str:
         return ""
 
 
+#: Checks a freshly built library in a child process: it loads, reports its version and
+#: sums two known terms right. Run before the library is renamed into the cache, so a
+#: file that would crash the loading process (a bad build, a full disk) never gets there.
+_PROBE = """
+import ctypes, math, sys
+h = ctypes.CDLL(sys.argv[1])
+assert h.lpi_native_version() == %d
+F, D, I = ctypes.c_float * 2, ctypes.c_double * 1, ctypes.c_int64 * 1
+out = D(0.0)
+h.lpi_pair_sums(F(0.5, -0.25), F(math.log(0.25), math.log(0.75)), I(0), I(0), F(1.0, 0.0),
+                F(0.0, 0.0), out, ctypes.c_int64(2), ctypes.c_int64(0), ctypes.c_int64(1))
+want = 0.25 * math.exp(0.5) + 0.75 * math.exp(-0.25)
+assert abs(out[0] - want) < 1e-5 * want, out[0]
+"""
+#: The kernel's ABI version (``lpi_native_version`` in the C source).
+_VERSION = 2
+
+
+def _cache_key(src: bytes, flags: list[str], version: str) -> str:
+    return hashlib.sha256(
+        b"\0".join(
+            [
+                src,
+                " ".join(flags).encode(),
+                version.encode(),
+                _cpu_flags().encode(),
+                platform.machine().encode(),
+            ]
+        )
+    ).hexdigest()[:16]
+
+
+def _cached(folder: Path, key: str) -> Path | None:
+    """The verified library of ``key`` in the cache, or ``None``.
+
+    A library's file name ends in the SHA-256 of its content, recorded when it was built
+    (``lpi-KEY-SHA.so``). One whose content no longer matches its name (truncated,
+    overwritten, garbage) is never loaded: mapping a truncated shared object kills the
+    process with SIGBUS. It is removed, and the caller rebuilds it, saying so in one line.
+    """
+    found = None
+    for lib in sorted(folder.glob(f"lpi-{key}-*.so")):
+        expected = lib.stem.rsplit("-", 1)[-1]
+        try:
+            actual = file_digest(lib)[: len(expected)]
+        except OSError as exc:
+            actual = f"unreadable: {exc.strerror}"
+        if actual == expected and len(expected) == 16:
+            found = found or lib
+            continue
+        note_rebuild("attribution kernel", lib, "its content does not match its hash")
+        with contextlib.suppress(OSError):
+            lib.unlink()
+    return found
+
+
+def _compile(cc: list[str], flags: list[str], folder: Path, key: str) -> Path | str:
+    """Build, test-load in a child process and rename into the cache; the path or an error."""
+    tmp = folder / f".lpi-{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+    cmd = [*cc, *flags, str(SOURCE), "-o", str(tmp)]
+    try:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return str(exc)
+        if proc.returncode != 0 or not tmp.exists():
+            return proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"
+        try:
+            probe = subprocess.run(
+                [sys.executable, "-c", _PROBE % _VERSION, str(tmp)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"test load: {exc}"
+        if probe.returncode != 0:
+            last = probe.stderr.strip().splitlines()[-1:] or [f"exit {probe.returncode}"]
+            return f"test load failed: {last[0]}"
+        lib = folder / f"lpi-{key}-{file_digest(tmp)[:16]}.so"
+        os.replace(tmp, lib)
+        return lib
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _build(cc: list[str]) -> tuple[ctypes.CDLL | None, str]:
     src = SOURCE.read_bytes()
     version = _version_of(cc)
@@ -82,38 +174,21 @@ def _build(cc: list[str]) -> tuple[ctypes.CDLL | None, str]:
     errors = []
     for arch in ARCH_FLAGS:
         flags = [*FLAGS, *arch]
-        key = hashlib.sha256(
-            b"\0".join(
-                [
-                    src,
-                    " ".join(flags).encode(),
-                    version.encode(),
-                    _cpu_flags().encode(),
-                    platform.machine().encode(),
-                ]
-            )
-        ).hexdigest()[:16]
-        lib = folder / f"lpi-{key}.so"
-        if not lib.exists():
+        key = _cache_key(src, flags, version)
+        lib = _cached(folder, key) if folder.is_dir() else None
+        if lib is None:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 return None, f"cannot create the kernel cache {folder}: {exc.strerror}"
-            tmp = folder / f".lpi-{key}.{os.getpid()}.{threading.get_ident()}.tmp"
-            cmd = [*cc, *flags, str(SOURCE), "-o", str(tmp)]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            except (OSError, subprocess.SubprocessError) as exc:
-                errors.append(str(exc))
+            built = _compile(cc, flags, folder, key)
+            if isinstance(built, str):
+                errors.append(built)
                 continue
-            if proc.returncode != 0 or not tmp.exists():
-                tmp.unlink(missing_ok=True)
-                errors.append(proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed")
-                continue
-            os.replace(tmp, lib)
+            lib = built
         try:
             handle = ctypes.CDLL(str(lib))
-            if handle.lpi_native_version() != 2:
+            if handle.lpi_native_version() != _VERSION:
                 raise OSError("kernel version mismatch")
         except (OSError, AttributeError) as exc:
             errors.append(str(exc))

@@ -412,6 +412,14 @@ def _to_dataset(
         PROMPT: np.array(prompts, dtype=object),
         LAYER: np.arange(d.n_layers),
         "layer_kind": ((LAYER,), np.array(d.layer_kinds, dtype=object)),
+        # hybrids: "recurrent" layers (Mamba, linear attention) have no heads (NaN scores)
+        "mixer_kind": (
+            (LAYER,),
+            np.array(
+                [("attention" if d.has_heads(i) else "recurrent") for i in range(d.n_layers)],
+                dtype=object,
+            ),
+        ),
     }
     if level in ("neuron", "expert"):
         coords[EXPERT] = np.arange(scorer.E)
@@ -440,10 +448,7 @@ def _to_dataset(
         method="Gated-LPI" if level == "neuron" else "LPI",
         position="last",
         bound=float(scorer.bound) if done != "exact" else 0.0,
-        n_pairs=int(scorer.stats["pairs"]),
-        n_moments=int(scorer.stats["moments"]),
-        n_moment_dirs=int(scorer.stats["moment_dirs"]),
-        n_fallback=int(scorer.stats["fallback"]),
+        **scorer.stats.attrs(),
         kernel=(
             "native"
             if level == "neuron" and readout.W_U.device.type == "cpu" and _native.library()

@@ -1,15 +1,19 @@
-"""Conformance: the five identities every adapter must satisfy on its model.
+"""Conformance: the six identities every adapter must satisfy on its model.
 
 If these hold, the capture pass reads the model the way the model computes:
 
 (a) ``logits``   — logits through the handle equal a plain HF forward;
-(b) ``heads``    — the per-head vectors (plus the output bias) sum to the attention output;
-(c) ``experts``  — Σ over chosen experts of ``g_e · W_down^e m_e`` (plus the shared expert
-    and the output bias) equals the FFN/MoE block output;
+(b) ``heads``    — the per-head vectors (plus the output bias) sum to the attention output
+    (on layers with attention heads);
+(c) ``experts``  — Σ over chosen experts of ``g_e · (W_down^e m_e + b_e)`` (plus the shared
+    expert and a dense output bias) equals the FFN/MoE block output;
 (d) ``residual`` — ``h[l-1] + A[l] = r[l]`` and ``r[l] + F[l] = h[l]`` (the next layer's input,
-    or the final residual);
+    or the final residual), with the family's residual multiplier in ``A`` and ``F``;
 (e) ``unembed``  — the final norm (recomputed from the spec's kind and eps) of the final
-    residual times ``W_U`` equals the logits.
+    residual times ``W_U`` (times the family's logit scale) equals the logits;
+(f) ``routing``  — the spec's routing rule (:func:`mechmoe.adapters.routing.route`, no
+    request) applied to the captured router logits chooses the experts the router chose,
+    with the weights it gave them.
 
 Errors are compared against a tolerance relative to the reference's scale, so the same
 check works on tiny random models and on real weights.
@@ -24,8 +28,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mechmoe.adapters.routing import route
 from mechmoe.core.errors import InvalidInputError, NonFiniteError
-from mechmoe.core.types import Capture
+from mechmoe.core.types import Capture, LayerCapture
 from mechmoe.model import Model
 from mechmoe.ops.norm import apply_norm
 
@@ -35,6 +40,7 @@ IDENTITIES: dict[str, str] = {
     "experts": "Σ g·W_down·m (+ shared) = FFN/MoE output",
     "residual": "h[l-1]+A[l] = r[l], r[l]+F[l] = h[l]",
     "unembed": "W_U · norm(h[L]) = logits",
+    "routing": "route(router logits, spec rule) = the router's experts and weights",
 }
 
 #: Prompts the identities run on when none are given: a few short relational sentences.
@@ -110,12 +116,12 @@ class _Worst:
 def _expert_sum(model: Model, li: int, cap: Capture) -> Tensor:
     lc = cap.layers[li]
     w = model.ffn_weights(li)
-    # (b, p, slot, d) = Σ_k m_k · W_down^e[:, k] for each chosen expert e
+    # (b, p, slot, d) = Σ_k m_k · W_down^e[:, k] (+ the expert's bias) for each chosen e
     down = w.w_down[lc.expert_idx]
     per_slot = torch.einsum("bpsdk,bpsk->bpsd", down.double(), lc.acts.double())
-    out = (lc.expert_gate.double()[..., None] * per_slot).sum(dim=2)
     if w.b_down is not None:
-        out = out + w.b_down.double()
+        per_slot = per_slot + w.b_down.double()[lc.expert_idx]
+    out = (lc.expert_gate.double()[..., None] * per_slot).sum(dim=2)
     shared = model.shared_weights(li)
     if shared is not None:
         sw, _ = shared
@@ -126,6 +132,29 @@ def _expert_sum(model: Model, li: int, cap: Capture) -> Tensor:
     return out
 
 
+def _routing_tables(model: Model, li: int, lc: LayerCapture) -> tuple[Tensor, Tensor]:
+    """The weight of every expert per token, ``(b, p, experts)``, as the spec's rule gives it
+    and as the router gave it (0 for experts not chosen): a different choice shows up as
+    the weight of an expert one of them left out."""
+    assert lc.router_logits is not None and lc.expert_weight is not None
+    B, P, E = lc.router_logits.shape
+    weights, index = route(
+        lc.router_logits.reshape(B * P, E),
+        model.routing_rule(li),
+        bias=model.selection_bias(li),
+        expert_scale=model.expert_scale(li),
+        k=model.dims.top_k[li],
+    )
+
+    def table(w: Tensor, idx: Tensor) -> Tensor:
+        out = torch.zeros((idx.shape[0], E), dtype=torch.float64, device=w.device)
+        return out.scatter_(-1, idx.long(), w.double()).reshape(B, P, E)
+
+    return table(weights, index), table(
+        lc.expert_weight.reshape(B * P, -1), lc.expert_idx.reshape(B * P, -1)
+    )
+
+
 @torch.no_grad()
 def check_model(
     model: Model,
@@ -134,7 +163,7 @@ def check_model(
     positions: str = "all",
     tolerance: float | None = None,
 ) -> ConformanceReport:
-    """Run the five identities on ``prompts`` (default: a few built-in prompts).
+    """Run the six identities on ``prompts`` (default: a few built-in prompts).
 
     Examples
     --------
@@ -167,11 +196,15 @@ def check_model(
 
     n = cap.n_layers
     for li, lc in enumerate(cap.layers):
-        heads = lc.heads.double().sum(dim=2)
-        b_o = model.b_O(li)
-        if b_o is not None:
-            heads = heads + b_o.double()
-        worst["heads"].add(heads, lc.attn_raw, valid, f"layer {li}")
+        if model.dims.has_heads(li):
+            heads = lc.heads.double().sum(dim=2)
+            b_o = model.b_O(li)
+            if b_o is not None:
+                heads = heads + b_o.double()
+            worst["heads"].add(heads, lc.attn_raw, valid, f"layer {li}")
+        if lc.kind == "moe":
+            got, want = _routing_tables(model, li, lc)
+            worst["routing"].add(got, want, valid, f"layer {li}")
         worst["experts"].add(_expert_sum(model, li, cap), lc.ffn_raw, valid, f"layer {li}")
         worst["residual"].add(
             lc.resid_pre.double() + lc.attn_out.double(), lc.resid_mid, valid, f"layer {li} (attn)"
@@ -184,7 +217,7 @@ def check_model(
     z = apply_norm(model.final_norm, cap.final_resid).double() @ model.W_U.double().T
     if model.b_U is not None:
         z = z + model.b_U.double()
-    worst["unembed"].add(z, cap.logits, valid, "final")
+    worst["unembed"].add(model.scale_logits(z), cap.logits, valid, "final")
 
     results = tuple(
         IdentityResult(

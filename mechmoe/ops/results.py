@@ -23,8 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechmoe.core.errors import InvalidInputError, NonFiniteError
-from mechmoe.core.writer import marker, prepare_output
+from mechmoe.core.errors import DamagedFileError, InvalidInputError, NonFiniteError
+from mechmoe.core.writer import (
+    checksummed_zarr_encoding,
+    marker,
+    prepare_output,
+    verify_output,
+    zarr_location,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -79,9 +85,10 @@ def _candidates(ds: xr.Dataset) -> list[tuple[float, dict[str, Any]]]:
     out: list[tuple[float, dict[str, Any]]] = []
     score = ds["score"]
     values = score.values
+    coords = [ds[dim].values for dim in score.dims]  # once: not per item (46k for SmolLM2)
     for flat in np.flatnonzero(np.isfinite(values)):
         pos = np.unravel_index(flat, values.shape)
-        item = {dim: _coord(ds[dim].values[i]) for dim, i in zip(score.dims, pos, strict=True)}
+        item = {dim: _coord(c[i]) for dim, c, i in zip(score.dims, coords, pos, strict=True)}
         out.append((float(values[pos]), item))
     if "shared_score" in ds:
         sh = ds["shared_score"]
@@ -250,7 +257,10 @@ def save_result(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool
     The data go to a temporary sibling which is renamed into place only once complete,
     so a failure or an interrupt leaves no partial output and keeps an earlier result.
     An earlier mechmoe result at ``path`` is replaced only with ``overwrite=True``;
-    anything else there is never touched (:class:`~mechmoe.core.errors.OutputError`).
+    anything else there is never touched (:class:`~mechmoe.core.errors.OutputError`), and
+    files you added inside an earlier ``.zarr`` result are kept. A ``.zarr`` result is
+    zarr v3 with a CRC-32C on every chunk, and its marker records the size and checksum
+    of every file, so :func:`open_result` detects a damaged, cut or missing chunk.
     """
     path = Path(path)
     _check_suffix(path)
@@ -262,7 +272,14 @@ def save_result(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds.to_zarr(tmp, mode="w", consolidated=True)
+                ds.to_zarr(
+                    tmp,
+                    mode="w",
+                    consolidated=True,
+                    zarr_format=3,
+                    encoding=checksummed_zarr_encoding(ds),
+                    write_empty_chunks=True,
+                )
         else:
             # Encode in memory, then write plain bytes: a full disk is one OSError, not
             # a failure deep inside HDF5.
@@ -273,7 +290,12 @@ def save_result(ds: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool
 
 
 def open_result(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Open a result written by :func:`save_result` (loaded into memory)."""
+    """Open a result written by :func:`save_result` (loaded into memory).
+
+    A ``.zarr`` result is checked file by file against the sizes and checksums recorded
+    when it was written; a damaged one raises :class:`~mechmoe.core.errors.DamagedFileError`
+    naming the variable and chunk, never returns NaN or garbage.
+    """
     import xarray as xr
 
     path = Path(path)
@@ -281,6 +303,9 @@ def open_result(path: str | os.PathLike[str]) -> xr.Dataset:
         raise InvalidInputError(f"no result at {str(path)!r}")
     if path.suffix not in SUFFIXES:
         raise InvalidInputError(f"{str(path)!r} is not a result: results end in .zarr or .nc")
+    damaged = verify_output(path) if path.is_dir() else []
+    if damaged:
+        raise DamagedFileError(f"result {str(path)!r} is damaged: {_damage_text(damaged)}")
     try:
         if path.suffix == ".zarr":
             ds = xr.open_zarr(path).load()
@@ -295,6 +320,20 @@ def open_result(path: str | os.PathLike[str]) -> xr.Dataset:
     for key in marker(RESULT_KIND):
         ds.attrs.pop(key, None)
     return ds
+
+
+def _damage_text(damaged: list[tuple[str, str]]) -> str:
+    shown = []
+    for rel, problem in damaged[:3]:
+        var, what = zarr_location(rel)
+        shown.append(f"{'variable ' + repr(var) + ', ' if var else ''}{what} {problem}")
+    more = f" (and {len(damaged) - 3} more files)" if len(damaged) > 3 else ""
+    return (
+        "; ".join(shown)
+        + more
+        + "; nothing was read from it, so run the command that wrote it again "
+        "(with --overwrite) to recompute it"
+    )
 
 
 __all__ = [

@@ -20,6 +20,8 @@ from mechmoe.trajectory.sources import CheckpointSource as CheckpointSource
 from mechmoe.trajectory.sources import HubRevisions as HubRevisions
 from mechmoe.trajectory.sources import LocalCheckpoints as LocalCheckpoints
 from mechmoe.trajectory.sources import parse_selection as parse_selection
+from mechmoe.trajectory.store import Damage as Damage
+from mechmoe.trajectory.store import Status as Status
 from mechmoe.trajectory.store import TrajectoryStore as TrajectoryStore
 from mechmoe.trajectory.store import export_netcdf as export_netcdf
 from mechmoe.trajectory.store import open_store as open_store
@@ -30,9 +32,11 @@ __all__ = [
     "DEFAULT_MEASURES",
     "Checkpoint",
     "CheckpointSource",
+    "Damage",
     "HubRevisions",
     "LocalCheckpoints",
     "Measure",
+    "Status",
     "SweepSummary",
     "TrajectoryStore",
     "export_netcdf",

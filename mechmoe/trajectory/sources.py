@@ -334,6 +334,8 @@ class HubRevisions(_LoadsByCheckpoint):
         A regular expression with a ``step`` group (and optionally ``tokens`` and ``unit``)
         for repos that name branches differently.
 
+    Notes
+    -----
     After :meth:`checkpoints`, ``ignored`` lists the branches whose names did not match.
     """
 
@@ -425,6 +427,8 @@ class LocalCheckpoints(_LoadsByCheckpoint):
     select
         A selection (:func:`parse_selection`), default ``"all"``.
 
+    Notes
+    -----
     A matching sub-folder that is not a loadable checkpoint (no ``config.json``, corrupt
     weights) is still listed: the sweep records its failure and a later run retries it.
     """

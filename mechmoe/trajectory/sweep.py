@@ -40,11 +40,12 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -57,7 +58,13 @@ from mechmoe.core.provenance import options_json, probe_hash, provenance, weight
 from mechmoe.core.writer import prepare_output
 from mechmoe.model.options import LoadKeywords, LoadOptions
 from mechmoe.trajectory.sources import Checkpoint, CheckpointSource
-from mechmoe.trajectory.store import KIND, CheckpointResult, TrajectoryStore
+from mechmoe.trajectory.store import (
+    KIND,
+    CheckpointResult,
+    Status,
+    TrajectoryStore,
+    check_names,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -205,13 +212,19 @@ def measure_checkpoint(
             return result
         attrs = provenance(model, weights=result.weights_hash)
         result.model_attrs = {k: attrs[k] for k in _MODEL_ATTRS if k in attrs}
+        import torch
+
+        # CPU reductions add in an order set by the thread count: recorded with the results
+        result.model_attrs["torch_threads"] = torch.get_num_threads()
         not_applicable = []
         for measure in measures:
             if not measure.applies_to(model):
                 not_applicable.append(measure.name)
                 continue
             try:
-                result.datasets[measure.name] = measure(model, probe)
+                ds = measure(model, probe)
+                check_names(ds)
+                result.datasets[measure.name] = ds
             except Exception as exc:
                 if result.error is None:
                     result.error = f"measure {measure.name!r} failed on {label}: {_one_line(exc)}"
@@ -241,27 +254,33 @@ class SweepSummary:
     labels: dict[int, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
+    #: steps whose stored results were found damaged, with what was recomputed
+    repaired: dict[int, str] = field(default_factory=dict)
+    #: torch threads every checkpoint of this run was measured with
+    threads: int | None = None
 
     @property
     def selected(self) -> int:
         return len(self.labels)
 
-    def rows(self) -> list[tuple[int, str, str, str]]:
+    def rows(self) -> list[tuple[int, str, Status, str]]:
         """``(step, label, status, detail)`` per selected checkpoint, sorted by step."""
         out = []
         for step in sorted(self.labels):
             if step in self.failed:
-                status, detail = "failed", self.failed[step]
+                status, detail = Status.FAILED, self.failed[step]
             elif step in self.duplicates:
                 orig = self.duplicates[step]
                 status, detail = (
-                    "duplicate",
+                    Status.DUPLICATE,
                     f"same weights as step {orig}" if orig is not None else "",
                 )
             elif step in self.done:
-                status, detail = "done", f"{self.seconds.get(step, 0.0):.1f} s"
+                status, detail = Status.DONE, f"{self.seconds.get(step, 0.0):.1f} s"
+                if step in self.repaired:
+                    detail += f" (recomputed damaged {self.repaired[step]})"
             else:
-                status, detail = "skipped", "already in the store"
+                status, detail = Status.SKIPPED, "already in the store"
             out.append((step, self.labels[step], status, detail))
         return out
 
@@ -378,15 +397,21 @@ def sweep(
         with. Results agree across backends (to 1e-5), so a store may be extended with
         either; the store's ``backend`` attr is the first checkpoint's.
     threads
-        torch threads per worker. Default: torch's own setting for the local executor, 1
-        for Dask workers (one model and one thread per worker process). Results agree to
-        the bit across executors when both run with the same thread count; on CPUs some
-        reductions differ in the last bits between thread counts.
+        torch threads each checkpoint is measured with, on every executor. Default: the
+        count the store's checkpoints were measured with, or, in a new store, torch's
+        own setting in this process. CPU reductions add in an order set by the thread
+        count, so one count per store keeps a Dask sweep, a local one and a resumed one
+        equal to the last bit; each checkpoint records its count (``torch_threads``).
 
     Returns
     -------
     SweepSummary
         Steps done, skipped (already complete), failed (with the error), duplicates.
+
+    Before any work the store is verified file by file (sizes and CRC-32C): a damaged
+    (checkpoint, measure) pair counts as missing and is recomputed; a damaged checkpoint
+    this run does not select is recorded as a failure. Lost metadata is restored from
+    the parts' records. Only one process may write a store at a time.
     """
     t0 = time.perf_counter()
     if scheduler:
@@ -410,21 +435,92 @@ def sweep(
     ckpts = source.checkpoints()
     config = run_config(source, name=name, probe=probe_obj, probe_label=probe_label, options=opts)
     mconf = {m.name: _config_of(m) for m in measure_objs}
-    store = TrajectoryStore.create_or_open(out, config, mconf, overwrite=overwrite)
+    store = TrajectoryStore.create_or_open(out, config, mconf, overwrite=overwrite, lock=True)
+    try:
+        return _sweep_into(
+            store, source, ckpts, measure_objs, probe_obj, config, t0,
+            executor=executor, workers=workers, scheduler=scheduler, threads=threads,
+            opts=opts,
+        )  # fmt: skip
+    finally:
+        store.close()
+
+
+def _store_threads(store: TrajectoryStore) -> int | None:
+    """The torch thread count most of the store's checkpoints were measured with."""
+    from collections import Counter
+
+    counts = Counter(
+        int(st.record["model_attrs"]["torch_threads"])
+        for st in store.index.steps.values()
+        if "torch_threads" in st.record.get("model_attrs", {})
+    )
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _sweep_into(
+    store: TrajectoryStore,
+    source: CheckpointSource,
+    ckpts: list[Checkpoint],
+    measure_objs: list[Any],
+    probe_obj: Any,
+    config: dict[str, Any],
+    t0: float,
+    *,
+    executor: str,
+    workers: int,
+    scheduler: str | None,
+    threads: int | None,
+    opts: LoadOptions,
+) -> SweepSummary:
+    """The sweep once its store is open (and locked): decide what to compute, compute, write."""
+    from mechmoe.trajectory.store import PLAIN_ENV
+
+    if not os.environ.get(PLAIN_ENV):
+        store.verify("full")  # every file against its checksum: damage is recomputed below
     store.tidy()
-    summary = SweepSummary(store=store.path, ignored=list(getattr(source, "ignored", [])))
+    store.sync_root(verify=True)  # a root cut short by a crash, or damaged: redone
+    if threads is None:
+        import torch
+
+        # one thread count for every checkpoint, whatever the executor: the store's own if
+        # it has one, so a resumed or Dask run adds numbers that match to the last bit
+        threads = _store_threads(store) or torch.get_num_threads()
+    summary = SweepSummary(
+        store=store.path, ignored=list(getattr(source, "ignored", [])), threads=threads
+    )
+    selected = {c.step for c in ckpts}
     todo: list[tuple[Checkpoint, list[Any]]] = []
     for c in ckpts:
         summary.labels[c.step] = c.label or str(c.step)
         if c.step in store.index.duplicates:
             summary.duplicates[c.step] = store.index.original_of(c.step)
             continue
+        damaged = store.index.damaged_measures(c.step)
+        if damaged:
+            summary.repaired[c.step] = ", ".join(sorted(damaged))
         done = store.index.done(c.step)
         missing = [m for m in measure_objs if m.name not in done]
         if missing:
             todo.append((c, missing))
         else:
             summary.skipped.append(c.step)
+    for step in store.index.damaged_steps():
+        if step in selected:
+            continue
+        # damaged, but not in this run's selection: recorded, not recomputed
+        found = [str(d) for d in store.index.damage() if d.step == step]
+        rec = store.index.steps[step].record
+        ckpt = Checkpoint(
+            step, tokens=rec.get("tokens"), revision=rec.get("revision"), label=rec.get("label", "")
+        )
+        error = (
+            f"its stored results are damaged ({found[0] if found else 'unreadable'}); this run "
+            "does not select it, so run again with it selected to recompute them"
+        )
+        store.record_failure(ckpt, error)
+        summary.labels[step] = ckpt.label or str(step)
+        summary.failed[step] = error
     title = f"sweep {config['model']}"
     with progress.task(title, total=len(todo)) as bar:
 
@@ -432,12 +528,12 @@ def sweep(
             step = res.checkpoint.step
             status = store.write(res)
             summary.seconds[step] = res.seconds
-            if status == "duplicate":
+            if status == Status.DUPLICATE:
                 summary.duplicates[step] = store.index.original_of(step)
-            elif status == "failed":
+            elif status == Status.FAILED:
                 summary.failed[step] = str(store.index.failures.get(step, {}).get("error"))
-                if res.datasets:
-                    summary.done.append(step)
+                if res.datasets and set(res.datasets) <= store.index.done(step):
+                    summary.done.append(step)  # the measures that succeeded are stored
             else:
                 summary.done.append(step)
             # a later step stored earlier may just have become a duplicate of this one
@@ -470,7 +566,7 @@ def sweep(
                 record,
                 workers,
                 scheduler,
-                threads or 1,
+                threads,
                 opts,
                 source,
             )
@@ -490,6 +586,37 @@ def _known(store: TrajectoryStore) -> dict[str, int]:
     for step, h in sorted(store.index.hashes().items()):
         out.setdefault(h, step)
     return out
+
+
+#: Variables Dask's nanny sets to 1 in its workers (and, as a side effect, in this process).
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _worker_environment() -> Iterator[None]:
+    """Start local workers that compute like this process, and leave its environment alone.
+
+    Dask's nanny sets ``OMP_NUM_THREADS=1`` (and MKL's, OpenBLAS's) for its workers by
+    writing them into this process's ``os.environ``, where they stay: every later
+    subprocess would then run single-threaded. Workers here get this process's own
+    values (their torch thread count is set per task), and the environment is restored.
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    for key in _THREAD_VARIABLES:
+        env.pop(key, None)
+    keys = set(env) | set(_THREAD_VARIABLES)
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _run_dask(
@@ -519,13 +646,14 @@ def _run_dask(
                 "check the address and that the scheduler runs"
             ) from None
     else:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        with _worker_environment():
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
         client = Client(cluster)
     try:
         known = _known(store)

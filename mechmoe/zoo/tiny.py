@@ -79,6 +79,275 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "olmo2": ("Olmo2Config", _COMMON),
     "llama": ("LlamaConfig", _COMMON),
     "qwen2": ("Qwen2Config", _COMMON),
+    # The routers of issue 24: odd expert counts, groups, selection biases (drawn in
+    # tiny_hf_model), dense first layers, hybrids, scaled residuals.
+    "deepseek_v3": (
+        "DeepseekV3Config",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            num_key_value_heads=4,  # latent attention expands keys per head
+            n_routed_experts=15,
+            n_group=5,
+            topk_group=2,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            n_shared_experts=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=12,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+    ),
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            n_routed_experts=12,
+            n_group=4,
+            topk_group=2,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            n_shared_experts=1,
+            norm_topk_prob=False,
+            routed_scaling_factor=1.5,
+            head_dim=16,
+        ),
+    ),
+    "gpt_oss": (
+        "GptOssConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            intermediate_size=24,
+            head_dim=16,
+            swiglu_limit=1.0,  # small enough that the clamps bite on tiny activations
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 150000.0},
+        ),
+    ),
+    "llama4": (
+        "Llama4TextConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_local_experts=5,
+            intermediate_size=24,
+            intermediate_size_mlp=40,
+            interleave_moe_layer_step=2,
+            head_dim=16,
+        ),
+    ),
+    "granitemoe": (
+        "GraniteMoeConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            intermediate_size=24,
+            residual_multiplier=0.7,
+            embedding_multiplier=3.0,
+            logits_scaling=3.0,
+            attention_multiplier=0.2,
+        ),
+    ),
+    "granitemoeshared": (
+        "GraniteMoeSharedConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            intermediate_size=24,
+            shared_intermediate_size=20,
+            residual_multiplier=0.7,
+            embedding_multiplier=3.0,
+            logits_scaling=3.0,
+        ),
+    ),
+    "jamba": (
+        "JambaConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_experts=5,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=0,
+            mamba_d_state=8,
+            mamba_dt_rank=8,
+        ),
+    ),
+    "phimoe": (
+        "PhimoeConfig",
+        dict(
+            _MOE,
+            num_local_experts=5,
+            router_jitter_noise=0.3,  # a band wide enough to keep several experts
+            attention_bias=True,
+            lm_head_bias=True,
+        ),
+    ),
+    "deepseek_v2": (
+        "DeepseekV2Config",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_key_value_heads=4,
+            n_routed_experts=9,
+            n_group=3,
+            topk_group=2,
+            topk_method="group_limited_greedy",
+            routed_scaling_factor=1.7,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=12,
+        ),
+    ),
+    "glm4_moe_lite": (
+        "Glm4MoeLiteConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            num_key_value_heads=4,
+            n_routed_experts=10,
+            n_group=2,
+            topk_group=1,
+            mlp_layer_types=["dense", "sparse", "sparse"],
+            moe_intermediate_size=24,
+            n_shared_experts=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=1.8,
+            q_lora_rank=24,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=12,
+        ),
+    ),
+    "dots1": (
+        "Dots1Config",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts_per_tok=3,
+            n_routed_experts=14,
+            n_group=7,
+            topk_group=3,
+            first_k_dense_replace=1,
+            moe_intermediate_size=24,
+            n_shared_experts=2,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.0,
+            head_dim=16,
+            sliding_window=None,
+        ),
+    ),
+    "ernie4_5_moe": (
+        "Ernie4_5_MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            moe_num_experts=7,
+            moe_k=2,
+            moe_intermediate_size=24,
+            moe_num_shared_experts=1,
+            moe_layer_start_index=1,
+            moe_layer_end_index=3,
+            moe_layer_interval=2,
+            moe_norm_min=0.45,  # above some tokens' top-2 mass, so the clamp bites
+            head_dim=16,
+        ),
+    ),
+    "minimax_m2": (
+        "MiniMaxM2Config",
+        dict(_MOE, num_local_experts=7, num_experts_per_tok=3, head_dim=16),
+    ),
+    "hunyuan_v1_moe": (
+        "HunYuanMoEV1Config",
+        dict(_COMMON, num_experts=5, moe_topk=[2, 3], head_dim=16, use_qk_norm=True),
+    ),
+    "flex_olmo": (
+        "FlexOlmoConfig",
+        dict(_MOE, num_experts=7, num_experts_per_tok=3, norm_topk_prob=True),
+    ),
+    "afmoe": (
+        "AfmoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=3,
+            num_experts=7,
+            num_experts_per_tok=3,
+            num_dense_layers=1,
+            num_shared_experts=1,
+            moe_intermediate_size=24,
+            route_scale=2.5,
+            head_dim=16,
+        ),
+    ),
+    "exaone_moe": (
+        "ExaoneMoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_experts=12,
+            num_experts_per_tok=3,
+            n_group=3,
+            topk_group=2,
+            mlp_layer_types=["dense", "sparse", "dense", "sparse"],
+            moe_intermediate_size=24,
+            num_shared_experts=1,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            head_dim=16,
+            sliding_window_pattern=2,  # sliding and full attention layers alternate
+        ),
+    ),
+    "lfm2_moe": (
+        "Lfm2MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_experts=7,
+            num_experts_per_tok=3,
+            num_dense_layers=1,
+            moe_intermediate_size=24,
+            routed_scaling_factor=1.5,
+            norm_topk_prob=True,
+            layer_types=["conv", "full_attention", "conv", "full_attention"],
+        ),
+    ),
+    "granitemoehybrid": (
+        "GraniteMoeHybridConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=4,
+            num_local_experts=5,
+            intermediate_size=24,
+            shared_intermediate_size=20,
+            residual_multiplier=0.7,
+            embedding_multiplier=3.0,
+            logits_scaling=3.0,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            mamba_n_heads=8,
+            mamba_d_head=16,
+            mamba_d_state=8,
+            mamba_n_groups=1,
+            mamba_expand=2,
+            position_embedding_type="rope",
+        ),
+    ),
     "gpt2": (
         "GPT2Config",
         dict(
@@ -96,7 +365,7 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 TINY_FAMILIES: tuple[str, ...] = tuple(_CONFIGS)
 MOE_FAMILIES: tuple[str, ...] = tuple(
-    f for f, (_, kw) in _CONFIGS.items() if "num_experts_per_tok" in kw
+    f for f, (_, kw) in _CONFIGS.items() if {"num_experts_per_tok", "moe_topk"} & set(kw)
 )
 
 
@@ -121,6 +390,11 @@ def _config(family: str, vocab: int) -> Any:
     return getattr(tf, cls)(vocab_size=vocab, **kwargs)
 
 
+def tiny_config(family: str) -> Any:
+    """The transformers config of the tiny ``family`` (no weights are built)."""
+    return _config(family, len(tiny_tokenizer()))
+
+
 def tiny_hf_model(family: str, *, seed: int = 0) -> PreTrainedModel:
     """A tiny random-weight HF model of ``family`` in fp32 eval mode.
 
@@ -135,17 +409,39 @@ def tiny_hf_model(family: str, *, seed: int = 0) -> PreTrainedModel:
     config._experts_implementation = "eager"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return random_weights(model, seed=seed)
+
+
+def random_weights(model: PreTrainedModel, *, seed: int = 0) -> PreTrainedModel:
+    """Redraw ``model``'s weights as the tiny zoo does (in place; returned in eval mode).
+
+    Weights ``N(0, 1/fan_in)``, norm scales ``1 + N(0, 0.04)``, biases ``N(0, 0.0025)``, a
+    router's selection bias (buffer or parameter) ``N(0, 0.04)``; Mamba's decay and skip keep HF's init.
+    Any HF model can be drawn this way, e.g. a tiny config of a family mechmoe does not
+    ship, to test a spec written for it.
+    """
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
             if "norm" in name or "ln_" in name:
                 p.copy_(1.0 + 0.2 * noise) if name.endswith("weight") else p.copy_(0.1 * noise)
+            elif name.endswith(("correction_bias", "expert_bias")):  # a selection-bias parameter
+                p.copy_(0.2 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.05 * noise)
+            elif name.endswith(("A_log", ".D")):  # Mamba's state decay and skip: keep HF's
+                continue
             else:
                 fan_in = p.shape[-1] if p.ndim >= 2 else 1
                 p.copy_(noise / fan_in**0.5)
+        for name, b in model.named_buffers():
+            # a router's selection bias (DeepSeek-V3's e_score_correction_bias) is a buffer:
+            # drawn too, so the biased choice differs from the unbiased one
+            if name.endswith("_bias") and b.is_floating_point():
+                b.copy_(0.2 * torch.randn(b.shape, generator=gen))
     return model.eval()
 
 
@@ -228,8 +524,10 @@ __all__ = [
     "MOE_FAMILIES",
     "TINY_FAMILIES",
     "random_olmoe",
+    "random_weights",
     "save_tiny",
     "source",
+    "tiny_config",
     "tiny_hf_model",
     "tiny_model",
     "tiny_tokenizer",

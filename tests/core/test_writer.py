@@ -26,6 +26,7 @@ import xarray as xr
 from mechmoe.core import writer
 from mechmoe.core.errors import InvalidInputError, OutputError
 from mechmoe.core.writer import (
+    LOG_NAME,
     MARKER_KEY,
     MARKER_NAME,
     clean_stale,
@@ -237,7 +238,8 @@ def test_children_are_added_atomically(tmp_path):
             _ds(2).to_zarr(tmp, mode="w")
             raise RuntimeError("killed")
     store = tmp_path / "store"
-    assert _listing(store) == [MARKER_NAME, "step1", "step2"]
+    # the marker, and the log of what mechmoe added (so --overwrite keeps the rest)
+    assert _listing(store) == [LOG_NAME, MARKER_NAME, "step1", "step2"]
     assert _listing(store / "step1") == ["stats.zarr"]
     assert _listing(store / "step2") == []  # the failed child left nothing, not even a temp
     assert not (tmp_path / "store" / "step2" / "stats.zarr").exists()
@@ -329,8 +331,12 @@ def test_real_full_disk(tmp_path, suffix):
 # ---- signals in a real process ------------------------------------------------------------
 _CHILD = textwrap.dedent(
     """
-    import asyncio, os, sys, time
+    import asyncio, os, signal, sys, time
     from pathlib import Path
+
+    # Python leaves SIGINT ignored when it starts ignored (a background job, nohup): this
+    # process stands for an interactive one, so it sets the handler the test relies on.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import numpy as np, xarray as xr
     from mechmoe.core import writer
     from mechmoe.ops.results import save_result
@@ -468,8 +474,17 @@ def test_signal_during_cli_save(tmp_path, sig):
     xr.testing.assert_equal(open_result(path).drop_attrs(), _ds(1).drop_attrs())
 
 
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt in this process, even if pytest started with SIGINT
+    ignored (``nohup make test &``); the handler is put back afterwards."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("drain", [True, False], ids=["drained", "not-drained"])
-def test_interrupt_while_zarr_writes_in_background(tmp_path, monkeypatch, drain):
+def test_interrupt_while_zarr_writes_in_background(tmp_path, monkeypatch, drain, sigint_raises):
     """SIGINT reaches the main thread while zarr's I/O thread is still writing chunks: the
     writer waits for that thread before removing the temporary, else the thread would
     recreate it after the cleanup (the check is shown to fail without the wait)."""
@@ -512,3 +527,172 @@ def test_interrupt_while_zarr_writes_in_background(tmp_path, monkeypatch, drain)
 def test_result_suffix_is_checked(tmp_path):
     with pytest.raises(InvalidInputError, match=r"\.zarr or \.nc"):
         save_result(_ds(1), tmp_path / "r.csv")
+
+
+_NOHUP = "MECHMOE_TEST_SIGINT_IGNORED"
+
+
+@pytest.mark.skipif(bool(os.environ.get(_NOHUP)), reason="already the nohup-like run")
+def test_signal_tests_pass_when_started_with_sigint_ignored():
+    """``nohup make test &``: the suite starts with SIGINT ignored; the signal tests set the
+    handlers they need, so they pass all the same (run here in a pytest started so)."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    env = {**os.environ, _NOHUP: "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+        + ["-k", "(SIGINT or interrupt_while or sigint_is_ignored) and not started_with"],
+        preexec_fn=ignore_sigint,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    summary = res.stdout.strip().splitlines()[-1]
+    assert "10 passed" in summary and "skipped" not in summary, res.stdout
+
+
+@pytest.mark.skipif(not os.environ.get(_NOHUP), reason="only in the nohup-like run")
+def test_sigint_is_ignored_when_it_was_ignored_at_start(tmp_path):
+    """A write in a process that ignores SIGINT (nohup) is not interrupted by it."""
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    path = tmp_path / "r.zarr"
+    out = prepare_output(path, kind="result")
+    with out.writing() as tmp:
+        _ds(1).to_zarr(tmp, mode="w")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+    assert int(open_result(path).attrs["version"]) == 1
+
+
+# ---- what mechmoe wrote, and what a user added ---------------------------------------------
+def test_overwrite_keeps_files_a_user_added_to_a_result(tmp_path):
+    path = tmp_path / "r.zarr"
+    save_result(_ds(1), path)
+    (path / "notes.txt").write_text("my notes")
+    (path / "plots").mkdir()
+    (path / "plots" / "fig.png").write_bytes(b"png")
+    (path / "score" / "why.txt").write_text("inside a variable's folder")
+    assert writer.foreign_files(path) == ["notes.txt", "plots/fig.png", "score/why.txt"]
+    save_result(_ds(2, n=9), path, overwrite=True)
+    assert (path / "notes.txt").read_text() == "my notes"
+    assert (path / "plots" / "fig.png").read_bytes() == b"png"
+    assert (path / "score" / "why.txt").read_text() == "inside a variable's folder"
+    back = open_result(path)
+    assert int(back.attrs["version"]) == 2 and back["score"].size == 9
+    assert _listing(tmp_path) == ["r.zarr"]
+
+
+def test_overwrite_keeps_files_a_user_added_to_an_appendable_output(tmp_path):
+    """Zoo-like outputs: a child replaced with --overwrite keeps what a user put inside it."""
+    root = tmp_path / "zoo"
+    out = prepare_output(root, kind="zoo", append=True)
+    with out.child("moe") as tmp:
+        (tmp / "model.safetensors").write_text("v1")
+    (root / "moe" / "my-eval.csv").write_text("mine")
+    (root / "README.txt").write_text("mine too")
+    again = prepare_output(root, kind="zoo", append=True, overwrite=True)
+    with again.child("moe") as tmp:
+        (tmp / "model.safetensors").write_text("v2")
+    assert (root / "moe" / "model.safetensors").read_text() == "v2"
+    assert (root / "moe" / "my-eval.csv").read_text() == "mine"
+    assert (root / "README.txt").read_text() == "mine too"
+    assert writer.foreign_files(root) == ["README.txt", "moe/my-eval.csv"]
+
+
+def test_overwrite_keeps_files_a_user_added_to_a_trajectory_store(tmp_path):
+    from mechmoe.trajectory.sources import Checkpoint
+    from mechmoe.trajectory.store import CheckpointResult, TrajectoryStore
+
+    path = tmp_path / "run.zarr"
+    store = TrajectoryStore.create_or_open(path, {"model": "x"}, {"m": {}})
+    store.write(
+        CheckpointResult(Checkpoint(1, label="s1"), weights_hash="h", datasets={"m": _ds(1)})
+    )
+    (path / "notes.md").write_text("mine")
+    (path / "checkpoints" / "README").write_text("mine")
+    assert writer.foreign_files(path) == ["checkpoints/README", "notes.md"]
+    TrajectoryStore.create_or_open(path, {"model": "y"}, {"m": {}}, overwrite=True)
+    assert (path / "notes.md").read_text() == "mine"
+    assert (path / "checkpoints" / "README").read_text() == "mine"
+    assert not list((path / "checkpoints").glob("step_*"))
+
+
+def test_overwrite_keeps_files_a_user_added_to_a_report(tmp_path):
+    """A report folder (index.html and figures, written in one piece like build_report)."""
+    path = tmp_path / "report"
+    for version in (1, 2):
+        out = prepare_output(path, kind="report", folder=True, overwrite=version > 1)
+        with out.writing() as tmp:
+            (tmp / "index.html").write_text(f"<!-- {marker_line('report')} --> v{version}")
+            (tmp / "fig.png").write_bytes(b"png")
+        if version == 1:
+            (path / "my-annotations.md").write_text("mine")
+    assert (path / "index.html").read_text().endswith("v2")
+    assert (path / "my-annotations.md").read_text() == "mine"
+    assert writer.verify_output(path) == []
+
+
+def test_overwrite_refuses_a_users_file_where_the_new_output_writes(tmp_path):
+    path = tmp_path / "rel"
+    out = prepare_output(path, kind="probes", folder=True)
+    with out.writing() as tmp:
+        (tmp / "a.json").write_text("{}")
+    (path / "b.json").write_text('{"mine": true}')
+    again = prepare_output(path, kind="probes", folder=True, overwrite=True)
+    with pytest.raises(OutputError, match=r"holds files you added \(b\.json\)"):
+        with again.writing() as tmp:
+            (tmp / "a.json").write_text("{}")
+            (tmp / "b.json").write_text("{}")
+    assert (path / "b.json").read_text() == '{"mine": true}'
+    assert _listing(tmp_path) == ["rel"]
+
+
+def test_one_writer_at_a_time(tmp_path):
+    out = prepare_output(tmp_path / "store", kind="trajectory", append=True)
+    other = prepare_output(tmp_path / "store", kind="trajectory", append=True)
+    with out.lock():
+        with pytest.raises(OutputError, match=rf"another mechmoe process \(pid {os.getpid()}\)"):
+            with other.lock():
+                pass
+    with other.lock():  # released: the next writer goes on
+        pass
+
+
+# ---- integrity of results -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda p: (p / "score" / "c" / "0").unlink(), "variable 'score', chunk c/0 missing"),
+        (
+            lambda p: (p / "score" / "c" / "0").write_bytes(
+                (p / "score" / "c" / "0").read_bytes()[:9]
+            ),
+            "variable 'score', chunk c/0 has 9 bytes",
+        ),
+        (
+            lambda p: (p / "score" / "c" / "0").write_bytes(
+                b"\x00" * (p / "score" / "c" / "0").stat().st_size
+            ),
+            "variable 'score', chunk c/0 fails its checksum",
+        ),
+        (lambda p: (p / "score" / "zarr.json").unlink(), "variable 'score', metadata zarr.json"),
+    ],
+    ids=["deleted-chunk", "truncated-chunk", "garbage-chunk", "deleted-metadata"],
+)
+def test_damaged_result_is_named_and_rewriting_it_repairs(tmp_path, damage, fragment):
+    from mechmoe.core.errors import DamagedFileError
+
+    path = tmp_path / "r.zarr"
+    save_result(_ds(1), path)
+    meta = json.loads((path / "score" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]][-1] == "crc32c"
+    damage(path)
+    with pytest.raises(DamagedFileError) as err:
+        open_result(path)
+    assert fragment in str(err.value) and "with --overwrite" in str(err.value)
+    save_result(_ds(1), path, overwrite=True)  # the advice
+    xr.testing.assert_equal(open_result(path).drop_attrs(), _ds(1).drop_attrs())

@@ -48,6 +48,7 @@ class Reference:
         self.b_U = None if compat else _f64(model.b_U)
         logits = self.cap.logits[:, 0]
         self.w = logits.argmax(-1).tolist() if targets is None else list(targets)
+        self.rm = model.residual_multiplier  # Granite scales what each sub-layer adds
 
     def _z(self, x, h_final):
         if self.kind == "layernorm":
@@ -61,7 +62,8 @@ class Reference:
         if self.beta is not None:
             y = y + self.beta
         z = self.W_U @ y
-        return z if self.b_U is None else z + self.b_U
+        z = z if self.b_U is None else z + self.b_U
+        return self.model.scale_logits(z)  # the family's logit scale (Granite) is part of z
 
     def lpi(self, b: int, base, v) -> float:
         h = _f64(self.cap.final_resid[b, 0])
@@ -100,7 +102,7 @@ class Reference:
                     g = _f64(lc.expert_gate[b, 0, s])
                     acts = _f64(lc.acts[b, 0, s])
                     for k in range(acts.shape[0]):
-                        v = g * acts[k] * _f64(W.w_down[e][:, k])
+                        v = self.rm * g * acts[k] * _f64(W.w_down[e][:, k])
                         out[b, li, e, k] = self.lpi(b, base, self.post(post, v, raw))
                 sh = m.shared_weights(li)
                 if sh is not None:
@@ -108,7 +110,7 @@ class Reference:
                     sg = _f64(lc.shared_gate[b, 0]) if lc.shared_gate is not None else 1.0
                     acts = _f64(lc.shared_acts[b, 0])
                     for k in range(acts.shape[0]):
-                        v = sg * acts[k] * _f64(sw.w_down[0][:, k])
+                        v = self.rm * sg * acts[k] * _f64(sw.w_down[0][:, k])
                         shared[b, li, k] = self.lpi(b, base, self.post(post, v, raw))
         return out, shared
 
@@ -125,16 +127,16 @@ class Reference:
                 for s in range(lc.expert_idx.shape[-1]):
                     e = int(lc.expert_idx[b, 0, s])
                     y = _f64(W.w_down[e]) @ _f64(lc.acts[b, 0, s])
-                    if lc.kind == "dense" and W.b_down is not None:
-                        y = y + _f64(W.b_down)
-                    v = _f64(lc.expert_gate[b, 0, s]) * y
+                    if W.b_down is not None:  # the expert's own bias
+                        y = y + _f64(W.b_down[e])
+                    v = self.rm * _f64(lc.expert_gate[b, 0, s]) * y
                     out[b, li, e] = self.lpi(b, base, self.post(post, v, raw))
                 sh = m.shared_weights(li)
                 if sh is not None:
                     y = _f64(sh[0].w_down[0]) @ _f64(lc.shared_acts[b, 0])
                     if lc.shared_gate is not None:
                         y = y * _f64(lc.shared_gate[b, 0])
-                    shared[b, li] = self.lpi(b, base, self.post(post, y, raw))
+                    shared[b, li] = self.lpi(b, base, self.post(post, self.rm * y, raw))
         return out, shared
 
     def head(self):
@@ -144,8 +146,8 @@ class Reference:
         for li, lc in enumerate(self.cap.layers):
             post = m.attn_out_norm(li)
             for b in range(n):
-                for h in range(d.n_heads):
-                    v = self.post(post, lc.heads[b, 0, h], lc.attn_raw[b, 0])
+                for h in range(lc.heads.shape[2]):  # none on a Mamba layer: NaN
+                    v = self.rm * self.post(post, lc.heads[b, 0, h], lc.attn_raw[b, 0])
                     out[b, li, h] = self.lpi(b, lc.resid_pre[b, 0], v)
         return out
 
@@ -229,12 +231,14 @@ def test_attention_layer_equals_its_summed_heads(family):
     ds = attribute(model, PROMPTS, level="attn", per_prompt=True)
     b_O = model.b_O(0)
     for li, lc in enumerate(ref.cap.layers):
+        if not model.dims.has_heads(li):
+            continue  # a Mamba layer's output is not a sum of heads
         b_O = model.b_O(li)
         for b in range(len(PROMPTS)):
             summed = _f64(lc.heads[b, 0]).sum(0)
             if b_O is not None:
                 summed = summed + _f64(b_O)
-            v = Reference.post(model.attn_out_norm(li), summed, lc.attn_raw[b, 0])
+            v = ref.rm * Reference.post(model.attn_out_norm(li), summed, lc.attn_raw[b, 0])
             got = float(ds["score_per_prompt"].values[b, li])
             assert abs(got - ref.lpi(b, lc.resid_pre[b, 0], v)) <= TOL
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from mechmoe.ops._lpi_bounds import certified_log_sum, tail_bound_log_sum
 from mechmoe.ops._lpi_kernels import (
+    KernelCounts,
     TailContext,
     UnembedStats,
-    _certified_log_sum,
-    _tail_bound_log_sum,
     shared_direction_blocks,
     shared_direction_lpi,
 )
@@ -57,7 +57,7 @@ def test_moment_bound_holds_where_it_is_large(c_scale):
     # is far above rounding (large coefficients), so a wrong bound cannot pass.
     U, W_U, c, logp, _ = _data(1, c_scale=c_scale)
     U, W_U, c, logp = U.double(), W_U.double(), c.double(), logp.double()
-    log_s, bound, todo = _certified_log_sum(
+    log_s, bound, todo = certified_log_sum(
         U, W_U, c, logp.exp(), tolerance=float("inf"), budget=2**26
     )
     want = _log_s_reference(U, W_U, c, logp)
@@ -82,7 +82,7 @@ def test_tail_bound_holds_where_it_is_large(c_scale, flat):
     U, W_U, c, logp, _ = _data(7, c_scale=c_scale)
     if flat:  # a near-uniform base distribution, like a random model's
         logp = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
-    log_s, bound, todo = _tail_bound_log_sum(
+    log_s, bound, todo = tail_bound_log_sum(
         U,
         W_U,
         c,
@@ -110,7 +110,7 @@ def test_tail_bound_holds_for_every_grouping(group, top, mid):
     ctx = TailContext(logp.exp(), W_U, group=group, top=top, mid=mid)
     assert len(ctx.heads) == -(-7 // group)
     sub = torch.tensor([0, 2, 3, 6])
-    log_s, bound, todo = _tail_bound_log_sum(
+    log_s, bound, todo = tail_bound_log_sum(
         U,
         W_U,
         c[sub],
@@ -134,11 +134,12 @@ def test_tail_bound_needs_no_moments_on_a_flat_distribution():
     # every pair, so neither P's moments nor the exact sum are needed.
     U, W_U, c, logp, target = _data(8, c_scale=0.002)
     logp = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=1e-4, stats=stats
     )
-    assert stats == {"pairs": c.numel(), "moments": 0, "moment_dirs": 0, "fallback": 0}
+    assert (stats.pairs, stats.moments, stats.moment_dirs, stats.fallback) == (c.numel(), 0, 0, 0)
+    assert stats.p_rows == 0  # no row of P formed
     want = _reference(U, W_U, c, logp, target)
     assert ((got.double() - want).abs() <= bound.double() + ROUND).all()
     assert float(bound.max()) <= 1e-4 and (bound > 0).all()
@@ -152,7 +153,7 @@ def test_tail_bound_sums_its_head_exactly():
     flat = torch.log_softmax(torch.randn(logp.shape) * 0.3, -1)
     bounds = []
     for lp in (peaked, flat):
-        log_s, bound, todo = _tail_bound_log_sum(
+        log_s, bound, todo = tail_bound_log_sum(
             U,
             W_U,
             c,
@@ -171,16 +172,16 @@ def test_tail_bound_sums_its_head_exactly():
 @pytest.mark.parametrize("tolerance", [1e-4, 1e-6])
 def test_certified_scores_within_bound_at_both_settings(tolerance):
     U, W_U, c, logp, target = _data(2)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=tolerance, stats=stats
     )
     want = _reference(U, W_U, c, logp, target)
     assert float(bound.max()) <= tolerance
     assert ((got.double() - want).abs() <= bound.double() + ROUND).all()
-    assert stats["pairs"] == c.numel()
-    assert 0 <= stats["fallback"] <= stats["moments"] <= c.numel()
-    assert stats["fallback"] < c.numel()
+    assert stats.pairs == c.numel()
+    assert 0 <= stats.fallback <= stats.moments <= c.numel()
+    assert stats.fallback < c.numel()
     assert (bound > 0).any()
 
 
@@ -188,13 +189,13 @@ def test_adversarial_coefficients_fall_back_to_exact():
     U, W_U, c, logp, target = _data(3)
     c[:, :5] *= 200.0  # |c·P| of tens: the Taylor remainder cannot be certified
     U[5] *= 300.0  # one direction with a huge norm
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=1e-6, stats=stats
     )
     want = _reference(U, W_U, c, logp, target)
     n = c.shape[0]
-    assert stats["fallback"] >= 6 * n  # every pair of the six adversarial directions
+    assert stats.fallback >= 6 * n  # every pair of the six adversarial directions
     assert (bound[:, :6] == 0).all()  # summed exactly
     torch.testing.assert_close(got[:, :6].double(), want[:, :6], atol=2e-4, rtol=1e-5)
     slack = torch.where(bound == 0, 2e-4, ROUND).double()  # exact sums of big values: fp32
@@ -218,13 +219,13 @@ def test_blocks_of_a_layer_share_one_tail_bound(budget):
         if j == 2:
             c[:, :4] *= 200.0  # must fall back to the exact sum
         blocks.append((U, c, rows))
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got = shared_direction_blocks(
         blocks, W_U, logp, target, tolerance=1e-6, budget=budget, stats=stats
     )
     assert len(got) == len(blocks)
-    assert stats["pairs"] == sum(c.numel() for _, c, _ in blocks)
-    assert stats["fallback"] >= 4 * subsets[2].numel()
+    assert stats.pairs == sum(c.numel() for _, c, _ in blocks)
+    assert stats.fallback >= 4 * subsets[2].numel()
     for (U, c, rows), (scores, bound) in zip(blocks, got, strict=True):
         assert scores.shape == c.shape == bound.shape
         want = _reference(U, W_U, c, logp[rows], target[rows])
@@ -252,11 +253,11 @@ def test_underflowing_probabilities_are_summed_exactly():
     logits = torch.randn(logp.shape) * 3
     logits[:, 0] += 120.0  # most p below fp32's range: the moments would drop them
     logp = torch.log_softmax(logits, -1)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c * 50, logp, target, precision="certified", stats=stats
     )
-    assert stats["fallback"] == c.numel() and (bound == 0).all()
+    assert stats.fallback == c.numel() and (bound == 0).all()
     torch.testing.assert_close(
         got.double(), _reference(U, W_U, c * 50, logp, target), atol=1e-4, rtol=1e-5
     )
@@ -317,7 +318,7 @@ def test_attribute_adversarial_neuron_is_counted_and_exact():
 def test_kernels_run_on_cuda(precision):
     U, W_U, c, logp, target = _data(6)
     c[:, :3] *= 200.0  # some pairs fall back in certified mode
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U.cuda(),
         W_U.cuda(),
@@ -358,11 +359,11 @@ def test_tail_bound_keeps_full_precision_on_a_large_vocabulary():
     logits[:, :40] += 9.0  # most of the mass on 40 tokens
     logp = torch.log_softmax(logits, -1)
     target = torch.randint(0, vocab, (n,), generator=g)
-    stats: dict[str, int] = {}
+    stats = KernelCounts()
     got, bound = shared_direction_lpi(
         U, W_U, c, logp, target, precision="certified", tolerance=1e-6, stats=stats
     )
-    assert stats["moments"] < c.numel()  # the tail bound certified some pairs itself
+    assert stats.moments < c.numel()  # the tail bound certified some pairs itself
     want = _reference(U, W_U, c, logp, target)
     assert ((got.double() - want).abs() <= bound.double() + 3e-7).all()
 
@@ -419,3 +420,115 @@ def test_attribute_certified_on_real_weights(smollm2):
     assert 0 < cert.attrs["n_moments"] < cert.attrs["n_pairs"]
     diff = np.abs(cert["score_per_prompt"].values - exact["score_per_prompt"].values)
     assert np.nanmax(diff) <= cert.attrs["bound"] + ROUND
+
+
+# ---- diverse prompts: unlike next-token distributions pooled by the tail bound -----------
+#: Prompts of several relations and free text (a subset of benchmarks/prompts_diverse.txt).
+DIVERSE = [
+    "The opposite of cheap is",
+    "Hangzhou is a city in the country of",
+    "The capital city of Peru is",
+    "The official currency of Armenia is the",
+    "The plural of leaf is",
+    "The first letter of the word table is",
+    "Once upon a time, in a small village by the sea, there lived a",
+    "import numpy as np; x = np.zeros((3, 3)); print(x.",
+]
+
+
+def _diverse_data(seed, n=12, k=48, d=32, vocab=6000):
+    """Prompts whose distributions peak on different tokens, at different temperatures.
+
+    The tail bound pools them, so its pooled second-moment terms mix unlike
+    distributions: the case that leaves most work to the later tiers.
+    """
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(k, d, generator=g)
+    W_U = torch.randn(vocab, d, generator=g) / d**0.5
+    logits = torch.randn(n, vocab, generator=g)
+    for b in range(n):
+        peak = torch.randperm(vocab, generator=g)[:200]
+        logits[b, peak] += 2.0 + 4.0 * b / n  # each prompt its own likely tokens
+        logits[b] *= 0.5 + 2.0 * ((b * 7) % n) / n  # flat to peaked
+    logp = torch.log_softmax(logits, -1)
+    c = torch.randn(n, k, generator=g) * torch.logspace(-2, 0, k)  # small to large
+    target = torch.randint(0, vocab, (n,), generator=g)
+    return U, W_U, c, logp, target
+
+
+@pytest.mark.parametrize("tolerance", [1e-4, 1e-6])
+def test_certified_within_bound_on_diverse_distributions(tolerance):
+    U, W_U, c, logp, target = _diverse_data(21)
+    stats = KernelCounts()
+    got, bound = shared_direction_lpi(
+        U, W_U, c, logp, target, precision="certified", tolerance=tolerance, stats=stats
+    )
+    want = _reference(U, W_U, c, logp, target)
+    err = (got.double() - want).abs()
+    assert float(bound.max()) <= tolerance
+    assert (err <= bound.double() + ROUND).all()
+    # every tier did some of the work: the tail bound, the moments, the exact sum
+    assert 0 < stats.moments < stats.pairs
+    assert 0 < stats.fallback < stats.moments
+    assert stats.p_rows >= stats.moment_dirs > 0  # P formed only for what tier 1 left
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_moment_remainders_hold_where_they_are_large(order):
+    # Both forms of the second tier (m2 with a third-order remainder, m2 and m3 with a
+    # fourth-order one), with no tolerance filter, against float64 sums.
+    from mechmoe.ops._lpi_bounds import moment_bound, moments
+
+    U, W_U, c, logp, _ = _diverse_data(5, n=6, k=40)
+    P = U.double() @ W_U.double().T
+    p = logp.double().exp()
+    c = c.double() * 4
+    m2, m3, p_max = moments(P, p, order=order)
+    assert (m3 is None) == (order == 2)
+    m1 = p @ P.T
+    m0 = p.sum(-1, keepdim=True).expand_as(m2)
+    log_s, bound, todo = moment_bound(
+        c, m0, m1, m2, m3, p_max.expand_as(m2), tolerance=float("inf")
+    )
+    want = torch.logsumexp(logp.double()[:, None, :] + c[:, :, None] * P[None], -1)
+    ok = ~todo
+    assert ok.float().mean() > 0.5
+    err = (log_s.double() - want).abs()
+    assert (err[ok] <= bound.double()[ok] * (1 + 1e-6) + 1e-7).all()
+    assert float(bound[ok].max()) > 1e-3  # the test exercises a non-trivial bound
+
+
+@pytest.mark.real_weights
+def test_certified_on_real_weights_and_diverse_prompts(smollm2):
+    # Eight prompts of unlike relations and free text, three layers of SmolLM2 (early,
+    # middle, late), scored by the kernels as attribute() would: certified vs exact.
+    from mechmoe.ops._lpi_scoring import _Readout, _shape
+
+    cap = smollm2.capture(DIVERSE)
+    ro = _Readout.of(smollm2, reference_compat=False)
+    sigma = ro.sigma(cap.final_resid[:, 0].float())
+    target = cap.logits[:, 0].argmax(-1)
+    unembed = UnembedStats.of(ro.W_U)
+    for li in (2, 15, 28):
+        lc = cap.layers[li]
+        logp = ro.base_logp(lc.resid_mid[:, 0], sigma)
+        U = _shape(ro.final, smollm2.ffn_weights(li).w_down[0].detach().T)
+        c = lc.expert_gate[:, 0, :1].float() * lc.acts[:, 0, 0].float() / sigma
+        exact, _ = shared_direction_lpi(U, ro.W_U, c, logp, target, unembed=unembed)
+        for tolerance in (1e-4, 1e-6):
+            stats = KernelCounts()
+            got, bound = shared_direction_lpi(
+                U,
+                ro.W_U,
+                c,
+                logp,
+                target,
+                precision="certified",
+                tolerance=tolerance,
+                stats=stats,
+                unembed=unembed,
+            )
+            assert float(bound.max()) <= tolerance
+            err = (got.double() - exact.double()).abs()
+            assert (err <= bound.double() + ROUND).all(), (li, tolerance)
+            assert stats.moments < stats.pairs

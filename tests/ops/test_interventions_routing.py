@@ -268,7 +268,7 @@ def test_without_a_model_only_model_free_contradictions_are_checked():
 def test_routing_rule_is_read_from_the_spec(family):
     model = tiny_model(family)
     rule = routing_rule(model.spec, model.hf.config)
-    assert rule == RoutingRule(renormalize=model.renormalizes())
+    assert rule.renormalize == model.renormalizes()
     assert rule.renormalize == {"olmoe": False, "mixtral": True, "qwen3_moe": True}.get(
         family, False
     )

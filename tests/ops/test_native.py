@@ -159,3 +159,74 @@ def test_pair_sums_match_float64(native):
     got = _native.pair_sums(P, logp, rows, dirs, cp, sh)
     z = logp.double()[rows] + cp.double()[:, None] * P.double()[dirs] - sh.double()[:, None]
     torch.testing.assert_close(got, z.exp().sum(-1), rtol=3e-6, atol=0.0)
+
+
+# ---- the cached library is verified before it is loaded -----------------------------------
+def _replace(path, data: bytes) -> None:
+    # A new file under the same name: this test process has the old one mapped (the
+    # fixture loaded it), and truncating a mapped file in place kills the mapper with
+    # SIGBUS when it next touches a page, here at interpreter exit.
+    path.unlink()
+    path.write_bytes(data)
+
+
+def _truncate_to_1000(path):
+    _replace(path, path.read_bytes()[:1000])
+
+
+def _garbage(path):
+    _replace(path, np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+def _delete(path):
+    path.unlink()
+
+
+_STATUS = "from mechmoe.ops import _native; print(_native.status())"
+
+
+@pytest.mark.parametrize("damage", [_truncate_to_1000, _garbage, _delete])
+def test_a_damaged_cached_kernel_is_rebuilt_not_loaded(native, damage):
+    # Mapping a truncated shared object kills the process with SIGBUS (exit -7, no
+    # message): the library is checked against the hash in its name first, in a fresh
+    # process as a user's next command would be.
+    import subprocess
+    import sys
+
+    (lib,) = native.glob("lpi-*.so")
+    good = lib.read_bytes()
+    damage(lib)
+    run = subprocess.run([sys.executable, "-c", _STATUS], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("native (") and str(lib) in run.stdout
+    notes = [ln for ln in run.stderr.splitlines() if "attribution kernel" in ln]
+    if damage is _delete:
+        assert notes == []  # nothing was damaged: built anew, silently, as on first use
+    else:
+        assert len(notes) == 1 and "damaged" in notes[0] and "rebuilding" in notes[0]
+    assert lib.read_bytes() == good  # rebuilt under the same verified name
+    assert not list(native.glob(".*.tmp"))
+
+
+def test_a_library_that_fails_its_test_load_never_enters_the_cache(kernel_cache, monkeypatch):
+    # A "compiler" that writes garbage where the library should go: the child process
+    # that test-loads each build refuses it, so the cache stays empty and the torch
+    # path runs.
+    fake = kernel_cache.parent / "fakecc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do if [ "$1" = "-o" ]; then shift; head -c 1000 /dev/urandom'
+        ' > "$1"; fi; shift; done\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(_native, "_compiler", lambda: [str(fake)])
+    assert _native.library() is None
+    assert "test load failed" in _native.status()
+    assert not any(kernel_cache.iterdir())  # no library, no temporary
+
+
+def test_the_cached_library_name_carries_its_content_hash(native):
+    from mechmoe.core.cache import file_digest
+
+    (lib,) = native.glob("lpi-*.so")
+    assert lib.stem.rsplit("-", 1)[1] == file_digest(lib)[:16]

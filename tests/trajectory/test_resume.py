@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 from mechmoe.probes import load_probe
 from mechmoe.trajectory import LocalCheckpoints, open_store, sweep
@@ -94,6 +95,8 @@ def _rerun_and_compare(ckpts: Path, out: Path, ref: Path) -> None:
     assert not temporaries(out)
     assert open_store(out).load().identical(open_store(ref).load())
     assert tree(out) == tree(ref)
+    # plain xarray reads the same from the store's root
+    assert xr.open_zarr(out).load().identical(open_store(ref).load())
 
 
 def test_sigkill_after_the_first_checkpoint(tmp_path, reference):
@@ -134,3 +137,22 @@ def test_sigkill_while_creating_the_store(tmp_path, reference):
     proc.wait()
     assert (out / "config.json").is_file()
     _rerun_and_compare(ckpts, out, ref)
+
+
+def test_a_second_writer_is_refused_and_running_again_later_works(tmp_path, reference):
+    """Two sweeps into one store: the second is refused at once, naming the first; run
+    again once the first has finished (the advice), it finds the store complete."""
+    from mechmoe.core.errors import OutputError
+
+    ckpts, ref = reference
+    out = tmp_path / "run.zarr"
+    proc = start(ckpts, out, pause=3.0)
+    wait_for(proc, lambda: bool(temporaries(out)))
+    probe = load_probe("country_capital_city").head(3)
+    with pytest.raises(OutputError, match=rf"another mechmoe process \(pid {proc.pid}\); wait"):
+        sweep(LocalCheckpoints(ckpts), probe=probe, measures=[ParameterNorm(), "hit"], out=out)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "finished" in output, output
+    again = sweep(LocalCheckpoints(ckpts), probe=probe, measures=[ParameterNorm(), "hit"], out=out)
+    assert again.skipped == [100, 200, 300] and again.done == []
+    assert open_store(out).load().identical(open_store(ref).load())

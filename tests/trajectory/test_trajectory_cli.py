@@ -81,3 +81,52 @@ def test_cli_errors_are_one_line(tmp_path, tiny_checkpoints):
         ],
     )
     assert result.exit_code == 2 and "not written by mechmoe" in result.output
+
+
+def test_following_the_advice_of_each_store_error_works(tmp_path, tiny_checkpoints):
+    """Each error names a fix that works: the export is the store; an earlier export."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for f in tiny_checkpoints[:1]:
+        shutil.copytree(f, ckpts / f.name)
+    out = tmp_path / "run.zarr"
+    args = ["trajectory", "m", "--checkpoints", str(ckpts), "--probe", "country_capital_city"]
+    args += ["--probe-items", "1", "--measures", "hit", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--export-nc", str(out)])
+    assert res.exit_code == 2 and f"e.g. --export-nc {tmp_path / 'run.nc'}" in res.output
+    assert not out.exists()
+    res = runner.invoke(app, [*args, "--export-nc", str(tmp_path / "run.nc")])  # the advice
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*args, "--export-nc", str(tmp_path / "run.nc")])
+    assert res.exit_code == 2 and "holds an earlier export; delete it" in res.output
+    (tmp_path / "run.nc").unlink()  # the advice
+    res = runner.invoke(app, [*args, "--export-nc", str(tmp_path / "run.nc")])
+    assert res.exit_code == 0, res.output
+    assert open_store(out)["step"].values.tolist() == [100]
+
+
+def test_cli_names_a_damaged_chunk_and_the_same_command_repairs_it(tmp_path, tiny_checkpoints):
+    """From the command line: a truncated chunk is refused by analyze (one line, exit 2);
+    the same ``mechmoe trajectory`` command recomputes just that checkpoint, and the store
+    then equals the undamaged one, through open_store and plain xarray alike."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for f in tiny_checkpoints[:2]:
+        shutil.copytree(f, ckpts / f.name)
+    out = tmp_path / "run.zarr"
+    args = ["trajectory", "m", "--checkpoints", str(ckpts), "--probe", "country_capital_city"]
+    args += ["--probe-items", "1", "--measures", "hit", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = open_store(out).load()
+    (part,) = (out / "checkpoints" / "step_000000000200").iterdir()
+    chunk = next(p for p in (part / "hit.zarr" / "hit" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:3])
+    res = runner.invoke(app, ["analyze", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "step 200, measure 'hit', variable 'hit'" in res.output
+    assert "run the same `mechmoe trajectory` command" in res.output
+    res = runner.invoke(app, args)  # the advice
+    assert res.exit_code == 0, res.output
+    assert "recomputed damaged hit" in " ".join(res.output.split())
+    assert open_store(out).load().identical(before)
+    assert xr.open_zarr(out).load().identical(before)

@@ -202,9 +202,10 @@ class _ExpertSets(RoutingEdit):
 class BanExperts(_ExpertSets):
     """Take experts out of routing: their router logit becomes −∞ and routing is re-derived.
 
-    ``experts`` is ``{layer: [expert, …]}`` or ``(layer, expert)`` pairs. Gates come from the
-    softmax over the experts left, then top-k, renormalised only where the model
-    renormalises.
+    ``experts`` is ``{layer: [expert, …]}`` or ``(layer, expert)`` pairs. Selection and
+    weights are re-derived by the family's rule over the experts left (a banned expert's
+    logit and selection score are −∞ before any selection bias or group-limited choice;
+    weights renormalised only where the family renormalises).
     """
 
     def requests(self, model: ModelView | None) -> Requests:
@@ -216,10 +217,11 @@ class ForceExperts(_ExpertSets):
     """Make experts always take a top-k slot at their layer.
 
     ``experts`` is ``{layer: [expert, …]}`` or ``(layer, expert)`` pairs. The other slots go
-    to the most probable remaining experts; every gate is the expert's softmax probability
-    over the router logits (fp32), renormalised over the chosen experts only where the
-    model renormalises. Forcing more experts than top-k needs a :class:`SetTopK` in the
-    same plan.
+    to the experts the family's rule would choose among the rest (its groups kept for a
+    forced expert); every weight is the family's weight of its expert (e.g. the softmax
+    probability, or the unbiased sigmoid score × scale), renormalised over the chosen
+    experts only where the family renormalises. Forcing more experts than top-k needs a
+    :class:`SetTopK` in the same plan.
     """
 
     def requests(self, model: ModelView | None) -> Requests:
