@@ -28,7 +28,12 @@ from torch import Tensor
 from mechmoe.adapters.routing import route, selection_scores
 from mechmoe.core.checks import entry_point
 from mechmoe.core.edits import SITES, EditContext, Site, needs_of, sites_of
-from mechmoe.core.errors import InvalidInputError, InvalidTypeError, MechmoeError
+from mechmoe.core.errors import (
+    InvalidInputError,
+    InvalidTypeError,
+    MechmoeError,
+    NonFiniteError,
+)
 from mechmoe.core.interventions import as_edits
 from mechmoe.core.registry import Lazy, Registry, deprecated_alias
 from mechmoe.core.types import Batch, Capture, FFNWeights, LayerCapture, ModelView, RouterOutput
@@ -220,6 +225,8 @@ def capture(model: Any, batch: Batch, *, interventions: Any = None) -> Capture:
         )
     ctx = EditContext(model=model, batch=batch, needs=needs_of(edits))
     raw = backend.run(batch, edits, ctx)
+    if not edits:  # an intervention may overflow on purpose; its callers report ties
+        _check_finite(model, batch, raw)
     layers = tuple(_finish_layer(model, li, rl, batch.size) for li, rl in enumerate(raw.layers))
     return Capture(
         batch=batch,
@@ -233,6 +240,47 @@ def capture(model: Any, batch: Batch, *, interventions: Any = None) -> Capture:
             "backend": backend.name,
             "interventions": repr(edits) if edits else "",
         },
+    )
+
+
+def _check_finite(model: Any, batch: Batch, raw: RawCapture) -> None:
+    """Refuse a pass whose logits are NaN or infinite at a requested position, naming the
+    first layer (and sub-layer) where the activations stop being finite.
+
+    One sum over the logits decides the usual case (all finite); only a non-finite sum
+    looks closer.
+    """
+    if bool(torch.isfinite(raw.logits.sum())):
+        return
+    valid = batch.valid
+
+    def bad(x: Tensor | None) -> bool:
+        return x is not None and not bool(torch.isfinite(x[valid]).all())
+
+    if not bad(raw.logits):
+        return  # only padding, or a finite sum that overflowed
+    where = "the final norm or the unembedding"
+    for li, rl in enumerate(raw.layers):
+        if bad(rl.resid_pre):
+            where = f"the input of layer {li}"
+        elif bad(rl.attn_raw) or bad(rl.attn_out):
+            where = f"layer {li} (attention)"
+        elif bad(rl.ffn_raw) or bad(rl.ffn_out):
+            where = f"layer {li} (FFN)"
+        else:
+            continue
+        break
+    dtype = getattr(model, "dtype", None)
+    low = dtype is not None and dtype in (torch.float16, torch.bfloat16)
+    advice = (
+        f"the weights are finite, so {str(dtype).removeprefix('torch.')} overflows there: "
+        "load the model in float32 (--dtype float32)"
+        if low
+        else "the weights are finite, so the model itself overflows there: check the checkpoint"
+    )
+    raise NonFiniteError(
+        f"the forward pass of {model.name!r} gives NaN or infinite values from {where} on; {advice}",
+        where=where,
     )
 
 

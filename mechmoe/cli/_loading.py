@@ -90,6 +90,14 @@ LOAD_OPTIONS: dict[str, Any] = {
             help="Run the modeling code a hub repo or folder ships (only for sources you trust).",
         ),
     ],
+    "allow_missing_weights": Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-weights",
+            help="Load a checkpoint whose weights do not match its config, with the missing "
+            "or mismatched tensors random (recorded in every result); refused by default.",
+        ),
+    ],
 }
 
 

@@ -147,6 +147,12 @@ def trajectory(
         options=options,
     )
     _print_summary(summary)
+    if isinstance(source, HubRevisions) and source.listed_from == "cache":
+        console.print(
+            f"offline: the branches of {model!r} were listed from the local hub cache "
+            "(the hub may hold more)",
+            highlight=False,
+        )
     if export_nc is not None:
         path = export_netcdf(out, export_nc, overwrite=overwrite)
         console.print(f"exported to {path}")

@@ -72,6 +72,27 @@ class MissingDependencyError(RegistryError):
     to install it."""
 
 
+class HubError(ModelNotFoundError):
+    """The hub (or the mirror ``HF_ENDPOINT`` names) was reached but answered with an
+    error (a server error, a proxy, an answer that is not the hub's); also a
+    :class:`ModelNotFoundError`. The message says whether the local cache can stand in.
+    """
+
+
+class NonFiniteError(InvalidInputError):
+    """A forward pass whose activations become NaN or infinite (an overflow in float16, a
+    numerically broken checkpoint): every number computed from it would be garbage. The
+    message names the first layer where they appear. NaN or infinite *weights* are
+    refused when the model loads (:class:`DamagedFileError`).
+
+    ``where`` names the place (``"layer 1 (FFN)"``), when known.
+    """
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+
 class OutputError(InvalidInputError):
     """An output path that cannot be written safely, or a write that failed (disk full).
 
@@ -84,12 +105,14 @@ class OutputError(InvalidInputError):
 __all__ = [
     "DamagedFileError",
     "DuplicateNameError",
+    "HubError",
     "InvalidInputError",
     "InvalidNameError",
     "InvalidTypeError",
     "MechmoeError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "NonFiniteError",
     "OutputError",
     "RegistryError",
     "RegistryTypeError",

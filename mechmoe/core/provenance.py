@@ -289,6 +289,9 @@ def _model_attrs(model: Any, *, weights: bool | str) -> dict[str, Attr]:
     load_options = getattr(model, "load_options", None)
     if load_options is not None:
         out["load_options"] = options_json(load_options.describe())
+    weights_report = getattr(model, "weights_report", None)
+    if weights_report:
+        out["weights_report"] = options_json(weights_report)
     for key in ("step", "tokens"):
         value = getattr(model, key, None)
         if value is not None:
@@ -318,7 +321,9 @@ def provenance(
         for the weights hash), or ``None``. Gives ``model``, ``revision``, ``adapter``,
         ``backend``, ``dtype``, ``is_moe``/``top_k``/``n_experts`` (1 for dense), ``step``/``tokens``
         when the handle carries them, ``load_options`` (the JSON of the options
-        :func:`mechmoe.load` used, when it built the handle) and ``weights_hash``.
+        :func:`mechmoe.load` used, when it built the handle), ``weights_report`` (the
+        JSON of the tensors that did not load as the config asked, when
+        ``allow_missing_weights`` let such a model load) and ``weights_hash``.
     probe
         A :class:`mechmoe.probes.ProbeSet` or a list of prompts: ``probe`` (relation names,
         comma-joined; ``""`` for plain prompts), ``probe_hash`` (see :func:`probe_hash`) and

@@ -78,6 +78,10 @@ class Model:
     #: The options :func:`~mechmoe.model.load` loaded the model with (``None`` for a
     #: handle built otherwise); recorded in results' provenance.
     load_options: LoadOptions | None = None
+    #: The tensors transformers could not load as the config asked (``missing``,
+    #: ``unexpected``, ``mismatched``), when ``allow_missing_weights`` let such a model
+    #: load; ``None`` otherwise. Recorded in results' provenance.
+    weights_report: dict[str, list[str]] | None = None
 
     def __init__(
         self,

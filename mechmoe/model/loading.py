@@ -30,8 +30,15 @@ from mechmoe.core.errors import (
 )
 from mechmoe.model import gguf
 from mechmoe.model.handle import Model
+from mechmoe.model.hub import cached_branches
 from mechmoe.model.options import LoadKeywords, LoadOptions
 from mechmoe.model.sources import resolve_source
+from mechmoe.model.weights import (
+    check_finite_weights,
+    check_load_report,
+    load_report,
+    quiet_load_report,
+)
 
 # ---- loading ------------------------------------------------------------------------
 _DTYPES = {
@@ -85,11 +92,12 @@ def _looks_like_path(name: str) -> bool:
 
 def _no_built_model(opts: LoadOptions, what: str) -> None:
     """Refuse options that only apply where transformers loads the model."""
-    if opts.trust_remote_code:
-        raise InvalidInputError(
-            f"trust_remote_code applies to models transformers loads (hub names, folders, "
-            f".gguf files); {what} comes already built, so drop trust_remote_code"
-        )
+    for flag in ("trust_remote_code", "allow_missing_weights"):
+        if getattr(opts, flag):
+            raise InvalidInputError(
+                f"{flag} applies to models transformers loads (hub names, folders, "
+                f".gguf files); {what} comes already built, so drop {flag}"
+            )
 
 
 @entry_point
@@ -134,6 +142,7 @@ def load(
             f"got {got}"
         )
     model = _load(name_or_path, opts)
+    check_finite_weights(model.hf, model.name)
     model.load_options = opts
     return model
 
@@ -223,18 +232,28 @@ def _load(name_or_path: str | os.PathLike[str] | nn.Module, opts: LoadOptions) -
         kwargs["experts_implementation"] = experts_implementation
     if opts.attn_implementation is not None:
         kwargs["attn_implementation"] = opts.attn_implementation
-    load_kwargs: dict[str, Any] = {**kwargs, "dtype": torch_dtype}
+    # mismatched shapes are reported with the missing tensors, in mechmoe's words
+    load_kwargs: dict[str, Any] = {
+        **kwargs,
+        "dtype": torch_dtype,
+        "output_loading_info": True,
+        "ignore_mismatched_sizes": True,
+    }
     if opts.device_map is not None:
         load_kwargs["device_map"] = opts.device_map
-    with quiet_hf_progress():
-        hf = _hf_call(
+    with quiet_hf_progress(), quiet_load_report():
+        hf, info = _hf_call(
             AutoModelForCausalLM.from_pretrained, source, name, load_kwargs, what="weights"
         )
+    report = load_report(info)
+    check_load_report(report, display, allow=opts.allow_missing_weights)
     if "gguf_file" in kwargs and not given and opts.device_map is None:
         gguf.store(path, hf, tokenizer)  # later loads read the converted folder
     if opts.device_map is None:
         hf.to(dev)
     model = Model(hf, tokenizer, spec, name=display, revision=revision, backend=backend)
+    if any(report.values()):
+        model.weights_report = report
     return _checked_vocab(model, given=given)
 
 
@@ -278,7 +297,9 @@ def wrap(
     hf, tok, default = get_backend(backend).unwrap(native, tokenizer=tokenizer)
     if isinstance(tok, (str, os.PathLike)):
         tok = _load_tokenizer(tok)
-    return Model.from_hf(hf, tok, name=name or default, backend=backend, native=native)
+    model = Model.from_hf(hf, tok, name=name or default, backend=backend, native=native)
+    check_finite_weights(model.hf, model.name)
+    return model
 
 
 @contextlib.contextmanager
@@ -398,6 +419,18 @@ def _damaged(what: str, name: str, exc: BaseException) -> MechmoeError:
     )
 
 
+def _chained(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of one of ``kinds`` among ``exc``'s causes and contexts."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _hf_call(
     fn: Callable[..., Any],
     source: str,
@@ -419,19 +452,25 @@ def _hf_call(
     )
 
     try:
-        return fn(source, **kwargs)
+        try:
+            return fn(source, **kwargs)
+        except OSError as exc:  # transformers rewords the hub's errors: raise the hub's own
+            cause = _chained(exc, (RevisionNotFoundError, RepositoryNotFoundError, GatedRepoError))
+            if cause is None:
+                raise
+            raise cause from None
     except RevisionNotFoundError:
         raise ModelNotFoundError(f"revision {revision!r} of {name!r} does not exist") from None
-    except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"model {name!r} not found on the hub or on disk") from None
-    except GatedRepoError:
+    except GatedRepoError:  # before its base class, RepositoryNotFoundError
         raise ModelNotFoundError(
             f"model {name!r} is gated: log in with `hf auth login` first"
         ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"model {name!r} not found on the hub or on disk") from None
     except (LocalEntryNotFoundError, OSError) as exc:
         text = str(exc)
         if "connect" in text.lower() or isinstance(exc, LocalEntryNotFoundError):
-            cached = _cached_revisions(name)
+            cached = cached_branches(name)
             if cached is None:
                 raise ModelNotFoundError(
                     f"model {name!r} is not in the local hub cache and the hub cannot be reached"
@@ -453,16 +492,6 @@ def _hf_call(
                 "you trust it"
             ) from None
         raise _damaged(what, name, exc) from None
-
-
-def _cached_revisions(repo_id: str) -> list[str] | None:
-    """Branches of ``repo_id`` in the local hub cache, or ``None`` if it is not cached."""
-    from huggingface_hub import constants
-
-    refs = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--")) / "refs"
-    if not refs.is_dir():
-        return None
-    return sorted(p.name for p in refs.iterdir())
 
 
 __all__ = ["load", "quiet_hf_progress", "wrap"]

@@ -36,6 +36,7 @@ class LoadKeywords(TypedDict, total=False):
     experts_implementation: str
     attn_implementation: str | None
     trust_remote_code: bool
+    allow_missing_weights: bool
 
 
 def _is_tokenizer_object(value: Any) -> bool:
@@ -77,6 +78,14 @@ class LoadOptions:
         build its config, tokenizer and model. Off by default: such a model is refused
         with a line saying so. Only for models transformers loads (not for a model
         already built, nor one a named source builds).
+    allow_missing_weights
+        Load a checkpoint whose weights do not match its config (tensors missing from the
+        file, tensors the model has no place for, tensors of another shape). Off by
+        default: such a model is refused with one line naming the tensors, because
+        transformers would run it with those parameters freshly *random*. On, the model
+        loads with them random (or dropped), a warning says which, and every result
+        records it (``load_options`` and ``weights_report`` in its provenance). Only for
+        models transformers loads.
 
     Examples
     --------
@@ -96,6 +105,7 @@ class LoadOptions:
     experts_implementation: str = "eager"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    allow_missing_weights: bool = False
 
     def __post_init__(self) -> None:
         _check_optional_str("revision", self.revision)
@@ -130,10 +140,11 @@ class LoadOptions:
         if not isinstance(self.experts_implementation, str):
             raise InvalidTypeError("experts_implementation= takes 'eager' or 'grouped_mm'")
         _check_optional_str("attn_implementation", self.attn_implementation)
-        if not isinstance(self.trust_remote_code, bool):
-            raise InvalidTypeError(
-                f"trust_remote_code= takes True or False, got {type(self.trust_remote_code).__name__}"
-            )
+        for flag in ("trust_remote_code", "allow_missing_weights"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidTypeError(
+                    f"{flag}= takes True or False, got {type(getattr(self, flag)).__name__}"
+                )
 
     @classmethod
     def build(cls, options: LoadOptions | None = None, /, **keywords: Any) -> LoadOptions:

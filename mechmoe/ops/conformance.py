@@ -21,6 +21,7 @@ check works on tiny random models and on real weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from mechmoe.adapters.routing import route
+from mechmoe.core.errors import InvalidInputError, NonFiniteError
 from mechmoe.core.types import Capture, LayerCapture
 from mechmoe.model import Model
 from mechmoe.ops.norm import apply_norm
@@ -65,6 +67,9 @@ class IdentityResult:
 
     @property
     def passed(self) -> bool:
+        """Within tolerance; a NaN or infinite error or scale never passes."""
+        if not (math.isfinite(self.max_abs_error) and math.isfinite(self.scale)):
+            return False
         return self.max_abs_error <= self.tolerance * max(1.0, self.scale)
 
 
@@ -86,15 +91,24 @@ class ConformanceReport:
 
 
 class _Worst:
+    """The worst error seen; the first NaN or infinity (in either side) sticks, with
+    where it appeared, since no later comparison can pass."""
+
     def __init__(self) -> None:
         self.err, self.scale, self.where = 0.0, 0.0, ""
 
     def add(self, got: Tensor, ref: Tensor, valid: Tensor, where: str) -> None:
-        diff = (got.double() - ref.double()).abs()[valid]
-        if diff.numel() == 0:
+        if not math.isfinite(self.err):
             return
-        err = float(diff.max())
-        self.scale = max(self.scale, float(ref.double().abs()[valid].max()))
+        got_v, ref_v = got.double()[valid], ref.double()[valid]
+        if got_v.numel() == 0:
+            return
+        finite = bool(torch.isfinite(got_v).all()) and bool(torch.isfinite(ref_v).all())
+        if not finite:
+            self.err, self.where = math.nan, f"{where}: not finite"
+            return
+        err = float((got_v - ref_v).abs().max())
+        self.scale = max(self.scale, float(ref_v.abs().max()))
         if err >= self.err:
             self.err, self.where = err, where
 
@@ -157,10 +171,22 @@ def check_model(
     >>> check_model(tiny_model("olmoe")).passed
     True
     """
-    prompts = list(prompts or DEFAULT_PROMPTS)
+    if prompts is not None and not list(prompts):
+        raise InvalidInputError(
+            "check_model got no prompts (an empty list); pass prompts, or None for the "
+            "built-in ones"
+        )
+    prompts = list(prompts if prompts is not None else DEFAULT_PROMPTS)
     tol = tolerance if tolerance is not None else _TOL.get(model.dtype, 1e-5)
     batch = model.tokenize(prompts, positions=positions)
-    cap = model.capture(batch)
+    try:
+        cap = model.capture(batch)
+    except NonFiniteError as exc:  # no identity can hold: every one fails, saying where
+        where = f"not finite from {exc.where}" if exc.where else "not finite"
+        failed = (
+            IdentityResult(k, IDENTITIES[k], math.nan, math.nan, tol, where) for k in IDENTITIES
+        )
+        return ConformanceReport(model=model.name, adapter=model.spec.name, results=tuple(failed))
     valid = batch.valid
     b = torch.arange(batch.size, device=valid.device)[:, None].expand_as(batch.positions)
     worst = {k: _Worst() for k in IDENTITIES}

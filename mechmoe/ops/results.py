@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechmoe.core.errors import DamagedFileError, InvalidInputError
+from mechmoe.core.errors import DamagedFileError, InvalidInputError, NonFiniteError
 from mechmoe.core.writer import (
     checksummed_zarr_encoding,
     marker,
@@ -126,6 +126,12 @@ def top_items(
         raise InvalidInputError(f"n={n}: ask for at least one item")
     level = ds.attrs.get("level", "")
     cands = _candidates(ds)
+    if not cands:
+        raise NonFiniteError(
+            f"the {level or 'attribution'} result of {ds.attrs.get('model', 'the model')!r} "
+            "holds no finite score (every score is NaN or infinite), so there is nothing to "
+            "rank; the model or its inputs gave non-finite values"
+        )
     cands.sort(key=lambda t: t[0], reverse=not ascending)
     kinds = ds["layer_kind"].values if "layer_kind" in ds.coords else None
     out = []

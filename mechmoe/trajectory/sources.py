@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mechmoe.core.errors import InvalidInputError, ModelNotFoundError
+from mechmoe.model.hub import list_hub_branches
 from mechmoe.model.options import LoadOptions
 
 if TYPE_CHECKING:
@@ -317,49 +318,6 @@ def parse_selection(spec: str | None) -> Selection:
 
 
 # ---- hub ---------------------------------------------------------------------------
-
-
-def _cache_branches(repo: str) -> list[str] | None:
-    from huggingface_hub import constants
-
-    refs = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--")) / "refs"
-    if not refs.is_dir():
-        return None
-    return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
-
-
-def list_hub_branches(repo: str) -> tuple[list[str], str]:
-    """Branch names of a hub repo and where they came from (``"hub"`` or ``"cache"``).
-
-    Offline (``HF_HUB_OFFLINE=1`` or no connection), the branches already in the local hub
-    cache are listed instead.
-    """
-    import huggingface_hub
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
-    try:
-        if huggingface_hub.constants.is_offline_mode():
-            raise OfflineModeIsEnabled("offline")
-        refs = huggingface_hub.list_repo_refs(repo)
-        return sorted(b.name for b in refs.branches), "hub"
-    except GatedRepoError:
-        raise ModelNotFoundError(
-            f"model {repo!r} is gated: log in with `hf auth login` first"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"model {repo!r} not found on the hub") from None
-    except Exception as exc:  # offline, no connection, proxy errors: fall back to the cache
-        cached = _cache_branches(repo)
-        if cached is None:
-            raise ModelNotFoundError(
-                f"cannot list the branches of {repo!r} ({type(exc).__name__}) and it is not in "
-                "the local hub cache; connect to the hub or use --checkpoints with a local folder"
-            ) from None
-        return cached, "cache"
 
 
 @dataclass
