@@ -179,21 +179,3 @@ def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-__all__ = [
-    "FOLDER_SUFFIXES",
-    "LOCK_NAME",
-    "LOG_NAME",
-    "MARKER_FORMAT",
-    "MARKER_KEY",
-    "MARKER_NAME",
-    "check_kind",
-    "has_recognizer",
-    "is_folder_path",
-    "marker",
-    "marker_line",
-    "read_marker",
-    "recognize",
-    "register_recognizer",
-]
