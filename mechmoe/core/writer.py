@@ -484,6 +484,19 @@ def _remove(path: Path) -> None:
             return
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a folder atomically for readers (renamed to a temporary sibling first, so
+    no reader sees it half removed), or a file; nothing if ``path`` does not exist."""
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        away = _tmp_sibling(path)
+        os.rename(path, away)
+        shutil.rmtree(away, ignore_errors=True)
+    else:
+        path.unlink()
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -966,6 +979,7 @@ def prepare_output(
 
 
 __all__ = [
+    "remove_tree",
     "FOLDER_SUFFIXES",
     "LOCK_NAME",
     "LOG_NAME",

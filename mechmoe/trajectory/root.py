@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechmoe._types import STEP
-from mechmoe.core.writer import Output, checksummed_zarr_encoding
+from mechmoe.core.writer import Output, checksummed_zarr_encoding, remove_tree
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -175,17 +174,6 @@ def _root_names(path: Path, state: Mapping[str, Any] | None, reserved: frozenset
     return names - reserved
 
 
-def _remove_tree(path: Path) -> None:
-    if not os.path.lexists(path):
-        return
-    if path.is_dir() and not path.is_symlink():
-        away = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        os.rename(path, away)
-        shutil.rmtree(away, ignore_errors=True)
-    else:
-        path.unlink()
-
-
 def _clear_cut_short(target: Path) -> None:
     """Remove an array folder a killed write left without its metadata (zarr files only:
     ``zarr.json`` and chunks under ``c/``), so the rewrite can make it again."""
@@ -195,13 +183,13 @@ def _clear_cut_short(target: Path) -> None:
         rel = f.relative_to(target).parts
         if f.is_file() and rel != ("zarr.json",) and rel[0] != "c":
             return  # not a folder of ours: left alone, and mkdir names it
-    _remove_tree(target)
+    remove_tree(target)
 
 
 def reset(path: Path, reserved: frozenset[str]) -> None:
     """Remove the root (its group metadata and arrays); the parts are not touched."""
     for name in _root_names(path, _load_state(path), reserved):
-        _remove_tree(path / name)
+        remove_tree(path / name)
     with contextlib.suppress(FileNotFoundError):
         (path / "zarr.json").unlink()
 
@@ -458,7 +446,7 @@ def _link_chunk(src: Path, dst: Path, pos: int, dst_meta: Mapping[str, Any]) -> 
     if not (src / key).is_file():
         return False
     if os.path.lexists(target):
-        _remove_tree(target)
+        remove_tree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _link(src / key, target)
     return True
@@ -771,7 +759,7 @@ def _finish(
     else:
         members = None
         for name in STEP_COORDS:
-            _remove_tree(path / name)
+            remove_tree(path / name)
         coords = xr.Dataset(
             coords={STEP: values[STEP], **{k: (STEP, v) for k, v in values.items() if k != STEP}}
         )

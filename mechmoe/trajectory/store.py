@@ -64,8 +64,6 @@ import enum
 import json
 import os
 import re
-import secrets
-import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -83,6 +81,7 @@ from mechmoe.core.writer import (
     file_manifest,
     prepare_output,
     recognize,
+    remove_tree,
     zarr_location,
 )
 from mechmoe.trajectory import root as _root
@@ -831,12 +830,12 @@ class TrajectoryStore:
         with self._replacing().child(f"{rel}/{RECORD}") as tmp:
             tmp.write_text(_json(rec), encoding="utf-8")
         for name in sorted(gone):
-            _remove_tree(part.path / name)
+            remove_tree(part.path / name)
         part.record, part.claims = json.loads(_json(rec)), keep
         part.damage = {k: v for k, v in part.damage.items() if k in keep}
 
     def _remove_part(self, state: _StepState, part: StoredPart) -> None:
-        _remove_tree(part.path)
+        remove_tree(part.path)
         state.parts.remove(part)
 
     def _write_duplicate(self, ckpt: Checkpoint, weights_hash: str | None) -> None:
@@ -856,7 +855,7 @@ class TrajectoryStore:
 
     def _discard_parts(self, step: int) -> None:
         """Remove the stored parts of a step found to be a duplicate (its record hides them)."""
-        _remove_tree(self.path / CHECKPOINTS / step_name(step))
+        remove_tree(self.path / CHECKPOINTS / step_name(step))
         self.index.steps.pop(step, None)
 
     def _write_failure(self, result: CheckpointResult) -> None:
@@ -917,7 +916,7 @@ class TrajectoryStore:
                     if not p.name.startswith(".")
                 } - set(part.record.get("measures", []) if part.record else [])
                 for m in sorted(stray):
-                    _remove_tree(part.path / f"{m}.zarr")
+                    remove_tree(part.path / f"{m}.zarr")
         for d in self.index.meta_damage:
             if d.file.startswith((f"{DUPLICATES}/", f"{FAILURES}/")):
                 with contextlib.suppress(FileNotFoundError):
@@ -1012,18 +1011,6 @@ def check_names(ds: xr.Dataset) -> None:
             f"a measure's variable is named {clash[0]!r}, a name the trajectory store "
             "keeps for itself; rename the variable"
         )
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a folder atomically for readers (renamed to a temporary first) or a file."""
-    if not os.path.lexists(path):
-        return
-    if path.is_dir() and not path.is_symlink():
-        away = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        os.rename(path, away)
-        shutil.rmtree(away, ignore_errors=True)
-    else:
-        path.unlink()
 
 
 def _mismatch(path: Path, name: str, old: Any, new: Any) -> InvalidInputError:
