@@ -102,6 +102,19 @@ def remove(path: Path) -> None:
             return
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a folder atomically for readers (renamed to a temporary sibling first, so
+    no reader sees it half removed), or a file; nothing if ``path`` does not exist."""
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        away = tmp_sibling(path)
+        os.rename(path, away)
+        shutil.rmtree(away, ignore_errors=True)
+    else:
+        path.unlink()
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` still runs (this one always does)."""
     if pid == os.getpid():
@@ -208,5 +221,6 @@ __all__ = [
     "find_os_error",
     "link_or_copy",
     "remove",
+    "remove_tree",
     "tmp_sibling",
 ]

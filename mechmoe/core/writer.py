@@ -74,7 +74,7 @@ from typing import Any
 
 from mechmoe.core.atomic import OS_REASONS as _OS_REASONS
 from mechmoe.core.atomic import SignalGuard as _SignalGuard
-from mechmoe.core.atomic import clean_stale
+from mechmoe.core.atomic import clean_stale, remove_tree
 from mechmoe.core.atomic import drain_background_writers as _drain_background_writers
 from mechmoe.core.atomic import find_os_error as _find_os_error
 from mechmoe.core.atomic import link_or_copy as _link_or_copy
@@ -504,6 +504,7 @@ def prepare_output(
 
 
 __all__ = [
+    "remove_tree",
     "FOLDER_SUFFIXES",
     "LOCK_NAME",
     "LOG_NAME",

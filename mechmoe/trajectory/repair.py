@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from mechmoe.core.writer import Output
+from mechmoe.core.writer import Output, remove_tree
 from mechmoe.trajectory.layout import (
     CHECKPOINTS,
     DUPLICATES,
@@ -25,7 +25,6 @@ from mechmoe.trajectory.layout import (
     to_json,
 )
 from mechmoe.trajectory.store_index import StepState, StoredPart, StoreIndex
-from mechmoe.trajectory.zarr_files import remove_tree
 
 #: The store's writer allowed to replace what is there (made when first called).
 Replacing = Callable[[], Output]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechmoe._types import STEP
-from mechmoe.core.writer import Output, checksummed_zarr_encoding
+from mechmoe.core.writer import Output, checksummed_zarr_encoding, remove_tree
 from mechmoe.trajectory.root_state import (
     CF_KEYS,
     STATE,
@@ -59,7 +59,6 @@ from mechmoe.trajectory.zarr_files import (
     describe,
     link_chunk,
     read_meta,
-    remove_tree,
     write_in_place,
     write_json,
 )

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechmoe._types import STEP
-from mechmoe.core.writer import Output
+from mechmoe.core.writer import Output, remove_tree
 from mechmoe.trajectory.zarr_files import (
     chunk_ok,
     describe,
     promotes,
     read_meta,
-    remove_tree,
     write_json,
 )
 

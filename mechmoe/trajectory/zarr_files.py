@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from mechmoe.core.writer import remove_tree
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -91,18 +92,6 @@ def promotes(dtype_text: str) -> bool:
         return np.dtype(value).kind not in "fc"
     except TypeError:
         return True
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder atomically for readers (renamed to a temporary first) or a file."""
-    if not os.path.lexists(path):
-        return
-    if path.is_dir() and not path.is_symlink():
-        away = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        os.rename(path, away)
-        shutil.rmtree(away, ignore_errors=True)
-    else:
-        path.unlink()
 
 
 def clear_cut_short(target: Path) -> None:
@@ -247,7 +236,6 @@ __all__ = [
     "link_chunk",
     "promotes",
     "read_meta",
-    "remove_tree",
     "write_in_place",
     "write_json",
 ]
