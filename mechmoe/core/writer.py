@@ -35,6 +35,11 @@ How an earlier output is recognised (its *kind* is a short name such as ``"resul
   ``.tsv``, ``.txt``). :meth:`Output.writing` checks the mark before committing.
   Other suffixes can be taught with :func:`register_recognizer`.
 
+The writer is four modules: :mod:`mechmoe.core.marks` (how an output says what it is),
+:mod:`mechmoe.core.manifest` (checksums and which files are mechmoe's),
+:mod:`mechmoe.core.atomic` (temporaries, signals, cleanup) and this one (the checked
+destination and the atomic commit). Every public name is importable from here.
+
 Examples
 --------
 >>> import json, tempfile
@@ -60,482 +65,49 @@ import contextlib
 import errno
 import json
 import os
-import re
 import secrets
-import shutil
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from types import FrameType
 from typing import Any
 
+from mechmoe.core.atomic import OS_REASONS as _OS_REASONS
+from mechmoe.core.atomic import SignalGuard as _SignalGuard
+from mechmoe.core.atomic import clean_stale, remove_tree
+from mechmoe.core.atomic import drain_background_writers as _drain_background_writers
+from mechmoe.core.atomic import find_os_error as _find_os_error
+from mechmoe.core.atomic import link_or_copy as _link_or_copy
+from mechmoe.core.atomic import remove as _remove
+from mechmoe.core.atomic import tmp_sibling as _tmp_sibling
 from mechmoe.core.errors import OutputError
-
-#: Name of the marker file inside a folder output.
-MARKER_NAME = ".mechmoe.json"
-#: Ownership log of a folder output that grows (one JSON line per committed child).
-LOG_NAME = ".mechmoe.files"
-#: Lock file held by the one process that adds to a folder output (:meth:`Output.lock`).
-LOCK_NAME = ".mechmoe.lock"
-#: Key (attribute, JSON key, PNG text key) naming the kind of a mechmoe output.
-MARKER_KEY = "mechmoe_kind"
-#: Version of the marker layout.
-MARKER_FORMAT = 1
-#: Suffixes whose outputs are folders (suffix-less names are folders too).
-FOLDER_SUFFIXES = (".zarr",)
-
-_KIND_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.(?P<what>tmp|old)$")
-_TEXT_MARK_RE = re.compile(rb"mechmoe_kind\s*[:=]\s*[\"']?([a-z][a-z0-9_.-]*)")
-
-
-# ---- recognising earlier outputs ----------------------------------------------------------
-def marker(kind: str) -> dict[str, Any]:
-    """The attributes/keys that mark a single-file output as a mechmoe ``kind``.
-
-    Put them into the file's global attributes (netCDF), top-level keys (JSON) or
-    metadata (matplotlib PNG). All values are strings.
-
-    >>> marker("result")["mechmoe_kind"]
-    'result'
-    """
-    _check_kind(kind)
-    return {MARKER_KEY: kind, "mechmoe_format": str(MARKER_FORMAT)}
-
-
-def marker_line(kind: str) -> str:
-    """The text that marks a text file (HTML, SVG, Markdown, CSV) as a mechmoe ``kind``.
-
-    Put it in a comment within the first 4 KiB, e.g. ``<!-- mechmoe_kind: report -->``.
-
-    >>> marker_line("report")
-    'mechmoe_kind: report'
-    """
-    _check_kind(kind)
-    return f"{MARKER_KEY}: {kind}"
-
-
-def _check_kind(kind: str) -> None:
-    if not isinstance(kind, str) or not _KIND_RE.match(kind):
-        raise ValueError(f"kind {kind!r} must be a short lower-case name such as 'result'")
-
-
-def _read_head(path: Path, n: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(n)
-
-
-def _recognize_json(path: Path) -> str | None:
-    if path.stat().st_size > 256 * 2**20:
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    kind = data.get(MARKER_KEY) if isinstance(data, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _recognize_netcdf(path: Path) -> str | None:
-    if _read_head(path, 8) != _HDF5_SIGNATURE:
-        return None
-    import h5py
-
-    with h5py.File(path, "r") as fh:
-        kind = fh.attrs.get(MARKER_KEY)
-    if isinstance(kind, bytes):
-        kind = kind.decode("utf-8", "replace")
-    if hasattr(kind, "item"):  # a numpy scalar or 0-d array
-        kind = kind.item()
-    return kind if isinstance(kind, str) else None
-
-
-def _recognize_png(path: Path) -> str | None:
-    with open(path, "rb") as fh:
-        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
-            return None
-        while True:
-            head = fh.read(8)
-            if len(head) < 8:
-                return None
-            length = int.from_bytes(head[:4], "big")
-            ctype = head[4:]
-            if ctype == b"IDAT" or ctype == b"IEND":
-                return None
-            body = fh.read(length)
-            fh.read(4)  # CRC
-            if ctype == b"tEXt" and b"\x00" in body:
-                key, value = body.split(b"\x00", 1)
-                if key == MARKER_KEY.encode():
-                    return value.decode("latin-1")
-
-
-def _recognize_text(path: Path) -> str | None:
-    found = _TEXT_MARK_RE.search(_read_head(path, 4096))
-    return found.group(1).decode() if found else None
-
-
-_RECOGNIZERS: dict[str, Callable[[Path], str | None]] = {
-    ".json": _recognize_json,
-    ".nc": _recognize_netcdf,
-    ".png": _recognize_png,
-    **{s: _recognize_text for s in (".html", ".svg", ".md", ".csv", ".tsv", ".txt")},
-}
-
-
-def register_recognizer(suffix: str, recognizer: Callable[[Path], str | None]) -> None:
-    """Teach the writer how a single file ending in ``suffix`` says which kind it is.
-
-    ``recognizer(path)`` returns the kind or ``None``; exceptions count as ``None``.
-    """
-    if not suffix.startswith("."):
-        raise ValueError(f"suffix {suffix!r} must start with a dot")
-    _RECOGNIZERS[suffix.lower()] = recognizer
-
-
-def is_folder_path(path: str | os.PathLike[str]) -> bool:
-    """Whether an output at ``path`` is a folder (``.zarr`` or no suffix) or a single file."""
-    suffix = Path(path).suffix.lower()
-    return suffix == "" or suffix in FOLDER_SUFFIXES
-
-
-def recognize(path: str | os.PathLike[str], *, suffix: str | None = None) -> str | None:
-    """The kind of the mechmoe output at ``path``, or ``None`` if it is not one.
-
-    ``suffix`` overrides the file's own (used to check a temporary before renaming).
-    Symbolic links are never recognised.
-    """
-    p = Path(path)
-    try:
-        if p.is_symlink():
-            return None
-        if p.is_dir():
-            data = json.loads((p / MARKER_NAME).read_text(encoding="utf-8"))
-            kind = data.get(MARKER_KEY) if isinstance(data, dict) else None
-            return kind if isinstance(kind, str) else None
-        if p.is_file():
-            fn = _RECOGNIZERS.get((suffix if suffix is not None else p.suffix).lower())
-            return fn(p) if fn is not None else None
-    except Exception:
-        return None
-    return None
-
-
-# ---- what is inside a folder output: checksums and ownership ------------------------------
-_WRITER_NAMES = frozenset({MARKER_NAME, LOG_NAME, LOCK_NAME})
-
-
-def file_checksum(path: str | os.PathLike[str]) -> str:
-    """CRC-32C of a file's bytes, as 8 hex digits (the checksum zarr v3's ``crc32c`` uses)."""
-    import google_crc32c
-
-    crc = google_crc32c.Checksum()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            crc.update(block)
-    return crc.hexdigest().decode()
-
-
-def _walk_files(folder: Path) -> Iterator[str]:
-    """Relative POSIX paths of the files under ``folder``, dot-names skipped, sorted."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        base = Path(root).relative_to(folder)
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield (base / name).as_posix()
-
-
-def file_manifest(
-    folder: str | os.PathLike[str], files: Iterable[str] | None = None
-) -> dict[str, list[Any]]:
-    """``{relative path: [size, crc32c]}`` of every file under ``folder`` (dot-names skipped).
-
-    What :func:`check_manifest` later compares the folder with; ``files`` limits it to
-    those relative paths.
-    """
-    folder = Path(folder)
-    names = _walk_files(folder) if files is None else sorted(files)
-    return {rel: [(folder / rel).stat().st_size, file_checksum(folder / rel)] for rel in names}
-
-
-def check_manifest(
-    folder: str | os.PathLike[str], manifest: dict[str, Any], *, checksums: bool = True
-) -> list[tuple[str, str]]:
-    """The files of ``manifest`` that are damaged under ``folder``: ``[(path, problem)]``.
-
-    A problem is ``"missing"``, ``"has N bytes instead of M"`` or ``"fails its checksum"``
-    (read only with ``checksums``; otherwise sizes alone are compared). Files that are not
-    in the manifest are not looked at.
-    """
-    folder = Path(folder)
-    out: list[tuple[str, str]] = []
-    for rel, entry in manifest.items():
-        try:
-            size, crc = int(entry[0]), str(entry[1])
-        except (TypeError, ValueError, IndexError):
-            out.append((rel, "has an unreadable entry in the manifest"))
-            continue
-        p = folder / rel
-        try:
-            found = p.stat().st_size if p.is_file() else None
-        except OSError:
-            found = None
-        if found is None:
-            out.append((rel, "missing"))
-        elif found != size:
-            out.append((rel, f"has {found} bytes instead of {size}"))
-        elif checksums and file_checksum(p) != crc:
-            out.append((rel, "fails its checksum"))
-    return out
-
-
-def _read_marker(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def verify_output(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """Damaged files of a folder output written in one piece (:meth:`Output.writing`).
-
-    Compares every file with the size and CRC-32C recorded in its marker when it was
-    written: ``[(relative path, problem)]``, empty when intact (or when the output was
-    written before mechmoe recorded checksums).
-    """
-    folder = Path(path)
-    files = _read_marker(folder).get("files")
-    if not isinstance(files, dict):
-        return []
-    return check_manifest(folder, files)
-
-
-def _ownership(folder: Path) -> tuple[set[str], set[str]] | None:
-    """Files and whole trees mechmoe wrote inside ``folder``; ``None``: all of it is mechmoe's.
-
-    From the marker's file list and the log of children. An output written before mechmoe
-    kept that record counts as mechmoe's entirely.
-    """
-    files = _read_marker(folder).get("files")
-    if not isinstance(files, dict):
-        return None
-    owned, trees = set(files), set()
-    try:
-        lines = (folder / LOG_NAME).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if not isinstance(entry, dict):
-            continue
-        if isinstance(entry.get("tree"), str):
-            trees.add(entry["tree"])
-        owned.update(str(f) for f in entry.get("files", []) if isinstance(f, str))
-    return owned, trees
-
-
-def _is_owned(rel: str, owned: set[str], trees: set[str]) -> bool:
-    if rel in owned:
-        return True
-    parts = rel.split("/")
-    return any("/".join(parts[:i]) in trees for i in range(1, len(parts) + 1))
-
-
-def foreign_files(path: str | os.PathLike[str], under: str = "") -> list[str]:
-    """Files inside a mechmoe folder output that mechmoe did not write (a user's notes, plots).
-
-    Relative to ``path``; ``under`` limits the answer to that sub-folder. Such files are
-    carried over when the output (or the child ``under``) is replaced.
-    """
-    folder = Path(path)
-    found = _ownership(folder)
-    if found is None:
-        return []
-    owned, trees = found
-    start = folder / under if under else folder
-    if not start.is_dir():
-        return []
-    out = []
-    for root, dirs, files in os.walk(start):
-        base = Path(root).relative_to(folder)
-        dirs[:] = sorted(d for d in dirs if not _TMP_RE.match(d))
-        for name in sorted(files):
-            rel = (base / name).as_posix()
-            if (base == Path(".") and name in _WRITER_NAMES) or _TMP_RE.match(name):
-                continue
-            if not _is_owned(rel, owned, trees):
-                out.append(rel)
-    return sorted(out)
-
-
-def checksummed_zarr_encoding(ds: Any) -> dict[str, dict[str, Any]]:
-    """``to_zarr`` encoding that gives every array of ``ds`` zstd and a CRC-32C per chunk.
-
-    zarr v3 checks the ``crc32c`` codec whenever a chunk is decoded, so a damaged chunk
-    fails to read instead of decoding to garbage (write with ``zarr_format=3`` and
-    ``write_empty_chunks=True``, so that every chunk exists and a missing one is damage).
-    """
-    from zarr.codecs import Crc32cCodec, ZstdCodec
-
-    return {
-        str(name): {"compressors": (ZstdCodec(level=0), Crc32cCodec())} for name in ds.variables
-    }
-
-
-def zarr_location(rel: str) -> tuple[str | None, str]:
-    """``(variable, what)`` of a file inside a zarr v3 group: ``("score", "chunk c/0/1")``.
-
-    ``variable`` is ``None`` for the group's own metadata.
-    """
-    parts = PurePosixPath(rel).parts
-    if len(parts) == 1:
-        return None, f"group metadata {rel}"
-    name, rest = parts[0], "/".join(parts[1:])
-    return name, ("metadata zarr.json" if rest == "zarr.json" else f"chunk {rest}")
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-# ---- signals ----------------------------------------------------------------------------
-class _SignalGuard:
-    """Turn SIGINT/SIGTERM into exceptions while writing, deferring them while committing.
-
-    SIGINT raises :class:`KeyboardInterrupt` and SIGTERM ``SystemExit(143)`` (unless the
-    program had its own handler, which is called instead), so ``finally`` blocks run and
-    the temporary is removed. Handlers can only be set in the main thread; elsewhere the
-    guard does nothing and exceptions alone drive the cleanup.
-    """
-
-    def __init__(self) -> None:
-        self._old: dict[int, Any] = {}
-        self._deferred = False
-        self._pending: int | None = None
-
-    def __enter__(self) -> _SignalGuard:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old = signal.getsignal(sig)
-                if old is None or old == signal.SIG_IGN:
-                    continue
-                self._old[sig] = old
-                signal.signal(sig, self._handle)
-        return self
-
-    def defer(self) -> None:
-        """From now on, hold signals until the guard exits."""
-        self._deferred = True
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._deferred:
-            self._pending = signum
-            return
-        self._fire(signum, frame)
-
-    def _fire(self, signum: int, frame: FrameType | None) -> None:
-        old = self._old.get(signum)
-        if callable(old) and old is not signal.default_int_handler:
-            old(signum, frame)
-            return
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._deferred = False
-            self._fire(pending, None)
-
-
-# ---- file-system helpers ----------------------------------------------------------------
-def _tmp_sibling(path: Path, what: str = "tmp") -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{what}")
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or folder tree if present (never follows links)."""
-    for _ in range(3):
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except FileNotFoundError:
-            return
-        except OSError:
-            pass
-        if not os.path.lexists(path):
-            return
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder atomically for readers (renamed to a temporary sibling first, so
-    no reader sees it half removed), or a file; nothing if ``path`` does not exist."""
-    if not os.path.lexists(path):
-        return
-    if path.is_dir() and not path.is_symlink():
-        away = _tmp_sibling(path)
-        os.rename(path, away)
-        shutil.rmtree(away, ignore_errors=True)
-    else:
-        path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def clean_stale(parent: str | os.PathLike[str], name: str) -> list[Path]:
-    """Remove temporaries of ``parent / name`` left by processes that no longer run.
-
-    A ``.old`` copy (the previous output during a non-atomic swap) is put back when
-    ``name`` itself is missing. Returns what was removed or restored.
-    """
-    parent = Path(parent)
-    done: list[Path] = []
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return done
-    for entry in entries:
-        m = _TMP_RE.match(entry.name)
-        if m is None or m["name"] != name or _alive(int(m["pid"])):
-            continue
-        p = Path(entry.path)
-        target = parent / name
-        if m["what"] == "old" and not os.path.lexists(target):
-            with contextlib.suppress(OSError):
-                os.rename(p, target)
-        else:
-            _remove(p)
-        done.append(p)
-    return done
-
-
+from mechmoe.core.manifest import (
+    check_manifest,
+    checksummed_zarr_encoding,
+    file_checksum,
+    file_manifest,
+    foreign_files,
+    verify_output,
+    zarr_location,
+)
+from mechmoe.core.manifest import walk_files as _walk_files
+from mechmoe.core.marks import (
+    FOLDER_SUFFIXES,
+    LOCK_NAME,
+    LOG_NAME,
+    MARKER_FORMAT,
+    MARKER_KEY,
+    MARKER_NAME,
+    is_folder_path,
+    marker,
+    marker_line,
+    recognize,
+    register_recognizer,
+)
+from mechmoe.core.marks import check_kind as _check_kind
+from mechmoe.core.marks import has_recognizer as _has_recognizer
+
+# ---- moving a finished temporary into place -------------------------------------------
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -597,51 +169,6 @@ def _move_into_place(tmp: Path, path: Path, *, replace: bool) -> None:
     else:
         os.link(tmp, path)
         tmp.unlink()
-
-
-def _drain_background_writers(timeout: float = 300.0) -> None:
-    """Wait until zarr's I/O thread has no write in flight (it outlives an interrupt)."""
-    sync = sys.modules.get("zarr.core.sync")
-    loop = getattr(sync, "loop", [None])[0] if sync is not None else None
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return
-    import asyncio
-
-    async def _wait_others() -> None:
-        me = asyncio.current_task()
-        while True:
-            others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-            if not others:
-                return
-            await asyncio.wait(others)
-
-    with contextlib.suppress(Exception):
-        asyncio.run_coroutine_threadsafe(_wait_others(), loop).result(timeout)
-
-
-_OS_REASONS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EFBIG: "the file is too large for the file system",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission was denied",
-    errno.EPERM: "permission was denied",
-}
-
-
-def _find_os_error(exc: BaseException) -> OSError | None:
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _OS_REASONS:
-            return e
-        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-        todo.extend(getattr(e, "exceptions", ()) or ())
-    return None
 
 
 # ---- the output -------------------------------------------------------------------------
@@ -823,9 +350,7 @@ class Output:
             }
             (tmp / MARKER_NAME).write_text(json.dumps(info) + "\n", encoding="utf-8")
             return
-        if path.suffix.lower() in _RECOGNIZERS and recognize(tmp, suffix=path.suffix) != (
-            self.kind
-        ):
+        if _has_recognizer(path.suffix) and recognize(tmp, suffix=path.suffix) != (self.kind):
             raise RuntimeError(
                 f"the file written for {path} does not carry the mark of a mechmoe "
                 f"{self.kind}; put mechmoe.core.writer.marker({self.kind!r}) in it"
