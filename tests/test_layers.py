@@ -91,6 +91,24 @@ def _copy_package(tmp_path: Path) -> Path:
     return pkg
 
 
+def _lint_copy(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter run on the copy made by :func:`_copy_package`, with the contracts."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, '.'); "
+            "from importlinter.cli import lint_imports; "
+            "sys.exit(lint_imports(no_cache=True, no_logo=True))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_import_contracts_are_kept():
     pytest.importorskip(
         "importlinter", reason="import-linter is a dev dependency (make test installs it)"
@@ -118,20 +136,7 @@ def test_layering_check_catches_an_upward_import(tmp_path):
     # core (the bottom layer) reaching up into the operations, inside a function
     with open(pkg / "core" / "progress.py", "a") as fh:
         fh.write("\n\ndef _upward():\n    from mechmoe.ops import attribution  # noqa: F401\n")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; sys.path.insert(0, '.'); "
-            "from importlinter.cli import lint_imports; "
-            "sys.exit(lint_imports(no_cache=True, no_logo=True))",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _lint_copy(tmp_path)
     assert run.returncode != 0
     assert "mechmoe.core is not allowed to import mechmoe.ops" in run.stdout
 
@@ -142,20 +147,7 @@ def test_torch_contract_catches_a_direct_import_in_the_cli(tmp_path):
     pkg = _copy_package(tmp_path)
     with open(pkg / "cli" / "report.py", "a") as fh:
         fh.write("\nimport torch  # noqa: E402,F401\n")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; sys.path.insert(0, '.'); "
-            "from importlinter.cli import lint_imports; "
-            "sys.exit(lint_imports(no_cache=True, no_logo=True))",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _lint_copy(tmp_path)
     assert run.returncode != 0
     assert "mechmoe.cli is not allowed to import torch" in run.stdout, run.stdout[-3000:]
     assert "mechmoe.cli.report -> torch" in run.stdout
